@@ -1,0 +1,5 @@
+import sys
+
+from clippo.cli import main
+
+sys.exit(main())

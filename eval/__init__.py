@@ -1,0 +1,1 @@
+"""clippo.eval: evaluation suites (zero-shot, retrieval, GLUE, VQA) and pure metric functions."""

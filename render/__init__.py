@@ -1,0 +1,1 @@
+"""clippo.render: text -> pixels. Never imports torch at module import time."""
