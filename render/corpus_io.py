@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import gzip
 import io
 import json
@@ -133,7 +134,9 @@ class CorpusReader:
 
     num_rows: int | None = None
 
-    def chunks(self, rows_per_chunk: int, wanted: Callable[[int], bool]) -> Iterator[tuple[int, list[Row]]]:
+    def chunks(
+        self, rows_per_chunk: int, wanted: Callable[[int], bool]
+    ) -> Iterator[tuple[int, list[Row]]]:
         """Yield (chunk index, rows) for every chunk `wanted(index)` accepts, in order.
 
         Chunk c holds rows [c * rows_per_chunk, (c + 1) * rows_per_chunk); unwanted chunks are
@@ -148,7 +151,10 @@ class CorpusReader:
 
 
 def _group(
-    records: Iterable[Any], rows_per_chunk: int, wanted: Callable[[int], bool], parse: Callable[[Any], Row]
+    records: Iterable[Any],
+    rows_per_chunk: int,
+    wanted: Callable[[int], bool],
+    parse: Callable[[Any], Row],
 ) -> Iterator[tuple[int, list[Row]]]:
     """Split a sequential record stream into chunks, parsing only the records of wanted chunks."""
     # wanted(c) is asked once per chunk, on the chunk's first record (never past the end).
@@ -219,9 +225,15 @@ class _LineReader(CorpusReader):
 
     def __init__(self, path: str, parse: Callable[[bytes], Row]) -> None:
         self.path, self.parse = path, parse
-        self.num_rows = _count_lines(path)
 
-    def chunks(self, rows_per_chunk: int, wanted: Callable[[int], bool]) -> Iterator[tuple[int, list[Row]]]:
+    @functools.cached_property
+    def num_rows(self) -> int | None:  # type: ignore[override]
+        # Counted on first use only: a preview of a huge file should not scan all of it.
+        return _count_lines(self.path)
+
+    def chunks(
+        self, rows_per_chunk: int, wanted: Callable[[int], bool]
+    ) -> Iterator[tuple[int, list[Row]]]:
         with _open_binary(self.path) as f:
             yield from _group(f, rows_per_chunk, wanted, self.parse)
 
@@ -263,7 +275,9 @@ class _CsvReader(CorpusReader):
             return BadRow("undecodable UTF-8")
         return text
 
-    def chunks(self, rows_per_chunk: int, wanted: Callable[[int], bool]) -> Iterator[tuple[int, list[Row]]]:
+    def chunks(
+        self, rows_per_chunk: int, wanted: Callable[[int], bool]
+    ) -> Iterator[tuple[int, list[Row]]]:
         with _csv_field_limit(), self._open() as f:
             records = csv.reader(f, delimiter=self.delimiter)
             next(records, None)  # header
@@ -276,7 +290,9 @@ class _RangeReader(CorpusReader):
     def read_range(self, start: int, stop: int) -> list[Any]:
         raise NotImplementedError
 
-    def chunks(self, rows_per_chunk: int, wanted: Callable[[int], bool]) -> Iterator[tuple[int, list[Row]]]:
+    def chunks(
+        self, rows_per_chunk: int, wanted: Callable[[int], bool]
+    ) -> Iterator[tuple[int, list[Row]]]:
         assert self.num_rows is not None
         for c in range(-(-self.num_rows // rows_per_chunk)):
             if wanted(c):
@@ -297,7 +313,9 @@ class _ParquetReader(_RangeReader):
         start = 0
         for name, pf in zip(files, self.files):
             if column not in pf.schema_arrow.names:
-                raise ValueError(f"{name}: no column {column!r}; columns are {pf.schema_arrow.names}")
+                raise ValueError(
+                    f"{name}: no column {column!r}; columns are {pf.schema_arrow.names}"
+                )
             for g in range(pf.metadata.num_row_groups):
                 n = pf.metadata.row_group(g).num_rows
                 self.groups.append((start, start + n, pf, g))

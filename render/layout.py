@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
-
 from clippo.render.unifont import UnifontRenderer
+from PIL import Image
 
 
 def render_pair(renderer: UnifontRenderer, a: str | bytes, b: str | bytes) -> np.ndarray:
@@ -26,7 +25,10 @@ def render_pair(renderer: UnifontRenderer, a: str | bytes, b: str | bytes) -> np
 
 
 def render_on_image(
-    renderer: UnifontRenderer, photo: np.ndarray | Image.Image, text: str | bytes, band: int | None = None
+    renderer: UnifontRenderer,
+    photo: np.ndarray | Image.Image,
+    text: str | bytes,
+    band: int | None = None,
 ) -> np.ndarray:
     """The text in a band of `band` px at the top, the photo squashed into the rest -> uint8 [H, W, 3].
 
@@ -39,7 +41,11 @@ def render_on_image(
     out = np.empty((size, size, 3), np.uint8)
     out[:band] = renderer(text)[:band]
     if band < size:
-        img = photo if isinstance(photo, Image.Image) else Image.fromarray(np.asarray(photo, np.uint8))
+        img = (
+            photo
+            if isinstance(photo, Image.Image)
+            else Image.fromarray(np.asarray(photo, np.uint8))
+        )
         img = img.convert("RGB").resize((size, size - band), Image.BILINEAR)
         out[band:] = np.asarray(img)
     return out

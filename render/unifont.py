@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from clippo.fonts import unifont_paths
 
 NUM_CODEPOINTS = 0x110000
@@ -87,7 +86,9 @@ def _parse_hex(path: Path, digits: int) -> tuple[list[int], list[bytes]]:
                 codes.append(int(code, 16))
                 bits.append(bytes.fromhex(hexbits))
             except ValueError:
-                raise ValueError(f"{path}:{lineno}: not a Unifont .hex line: {line[:80]!r}") from None
+                raise ValueError(
+                    f"{path}:{lineno}: not a Unifont .hex line: {line[:80]!r}"
+                ) from None
     return codes, bits
 
 
@@ -149,7 +150,9 @@ def _build_ink_table(bitmaps: np.ndarray, cfg: RenderConfig) -> _InkTable:
     count = np.bincount(glyph, minlength=g).astype(np.int64)
     start = np.concatenate([[0], np.cumsum(count)[:-1]])
     offset = dy.astype(np.int64) * cfg.image_size + dx
-    return _InkTable(width=width.astype(np.int64), ink_start=start, ink_count=count, ink_offset=offset)
+    return _InkTable(
+        width=width.astype(np.int64), ink_start=start, ink_count=count, ink_offset=offset
+    )
 
 
 def codepoints(text: str | bytes) -> np.ndarray:
@@ -163,7 +166,9 @@ def codepoints(text: str | bytes) -> np.ndarray:
     return cps
 
 
-def batch_codepoints(texts: Sequence[str | bytes], max_chars: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def batch_codepoints(
+    texts: Sequence[str | bytes], max_chars: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """All code points of a batch, concatenated (int64 [N]), and each text's length (int64 [B]).
 
     Each text is cut to `max_chars` code points (0: no limit), as the reference does after decoding.

@@ -1,0 +1,170 @@
+"""`clippo render`: render a text corpus to webdataset tar or parquet shards (argparse only)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Any
+
+from clippo.render import RenderConfig
+
+_RENDER_HELP = {
+    "image_size": "image side in pixels (multiple of 16)",
+    "font_size": "glyph size (Unifont: 16 only)",
+    "max_chars": "code points kept per text",
+    "background_brightness": "background grey value",
+    "text_brightness": "ink grey value",
+    "lower": "lower-case ASCII A-Z first",
+    "monospace": "no glyph trimming",
+    "spacing": "pixels between glyphs",
+    "min_width": "minimum glyph width after trimming",
+}
+
+
+def _add_render_options(parser: argparse.ArgumentParser) -> None:
+    """One option per RenderConfig field, so the CLI always mirrors the renderer's settings."""
+    group = parser.add_argument_group("renderer (RenderConfig)")
+    for f in dataclasses.fields(RenderConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_ = f"{_RENDER_HELP.get(f.name, f.name)} (default: %(default)s)"
+        if isinstance(f.default, bool):
+            group.add_argument(
+                flag, default=f.default, action=argparse.BooleanOptionalAction, help=help_
+            )
+        else:
+            group.add_argument(flag, type=type(f.default), default=f.default, help=help_)
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "render",
+        help="render a text corpus to image shards",
+        description="Render a text corpus to webdataset tar or parquet shards of Unifont images. "
+        "Finished shards are skipped on a re-run; bad rows are skipped and listed in the summary.",
+    )
+    p.add_argument(
+        "input",
+        help="text file (one text per line), .jsonl, .csv, .tsv, .parquet "
+        "(file or folder), or a folder from datasets.save_to_disk; .gz works for line/csv files",
+    )
+    p.add_argument("output_dir", nargs="?", help="where shards go (optional with --preview)")
+    p.add_argument(
+        "--input-format",
+        default="auto",
+        choices=["auto", "text", "jsonl", "csv", "tsv", "parquet", "dataset"],
+        help="input kind (default: %(default)s, from the file name)",
+    )
+    p.add_argument("--text-column", default=None, help="column holding the text (default: text)")
+    p.add_argument("--split", default=None, help="split of a saved DatasetDict")
+    p.add_argument(
+        "--format",
+        dest="output_format",
+        default="tar",
+        choices=["tar", "parquet"],
+        help="shard format (default: %(default)s)",
+    )
+    p.add_argument(
+        "--prefix",
+        default="shard",
+        help="shards are PREFIX-NNNNNN.tar/.parquet (default: %(default)s)",
+    )
+    p.add_argument("--rows-per-shard", type=int, default=10_000, help="(default: %(default)s)")
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        default=1,
+        help="processes, each rendering whole shards (default: %(default)s)",
+    )
+    p.add_argument(
+        "--shard-index",
+        type=int,
+        default=0,
+        help="this job's index in a job array: it writes shards s with s %% K == I",
+    )
+    p.add_argument("--num-shards", type=int, default=1, help="jobs K in the job array")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=256,
+        help="texts per render_batch call (default: %(default)s)",
+    )
+    p.add_argument(
+        "--png-compress-level",
+        type=int,
+        default=6,
+        choices=range(10),
+        metavar="0-9",
+        help="zlib level of the PNGs (default: %(default)s)",
+    )
+    p.add_argument(
+        "--summary",
+        default=None,
+        help="summary JSON path (default: OUTPUT_DIR/PREFIX-summary[-jobI-of-K].json)",
+    )
+    p.add_argument(
+        "--preview",
+        nargs=2,
+        metavar=("N", "PNG"),
+        default=None,
+        help="also write a grid of the first N rendered texts to PNG",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_render_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError) as e:  # bad settings or input: message, no traceback
+        print(f"clippo render: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from clippo.render.corpus import (
+        CorpusSource,
+        ShardOptions,
+        preview_texts,
+        render_corpus,
+        write_json_atomic,
+    )
+    from clippo.render.preview import write_preview
+
+    if args.output_dir is None and args.preview is None:
+        print("clippo render: give OUTPUT_DIR, --preview N PNG, or both", file=sys.stderr)
+        return 2
+    render = RenderConfig(
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(RenderConfig)}
+    )
+    source = CorpusSource(args.input, args.input_format, args.text_column, args.split)
+    if args.preview is not None:
+        n, png = int(args.preview[0]), args.preview[1]
+        from clippo.render import UnifontRenderer
+
+        texts = preview_texts(source, n)
+        if not texts:
+            print(f"clippo render: no renderable texts in {args.input}", file=sys.stderr)
+            return 1
+        write_preview(UnifontRenderer.from_config(render), texts, png)
+        print(f"preview of {len(texts)} texts written to {png}")
+    if args.output_dir is None:
+        return 0
+    options = ShardOptions(
+        output_dir=args.output_dir,
+        prefix=args.prefix,
+        output_format=args.output_format,
+        rows_per_shard=args.rows_per_shard,
+        job_index=args.shard_index,
+        num_jobs=args.num_shards,
+        num_workers=args.num_workers,
+        batch_size=args.batch_size,
+        png_compress_level=args.png_compress_level,
+    )
+    summary = render_corpus(source, render, options, progress=not args.no_progress)
+    path = args.summary or options.summary_path()
+    write_json_atomic(summary.to_dict(), path)
+    print(summary.format_table())
+    print(f"summary written to {path}")
+    return 0

@@ -1,0 +1,61 @@
+"""Packaging: torch-free `import clippo.render`, and the built wheel works outside the repo."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_import_render_does_not_import_torch():
+    code = (
+        "import sys, clippo.render, clippo.fonts; "
+        "r = clippo.render.UnifontRenderer(image_size=32); r('hi'); "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_clippo_init_is_lazy():
+    code = "import sys, clippo; print('torch' in sys.modules, 'timm' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False"
+
+
+@pytest.mark.slow
+def test_wheel_installs_and_imports_outside_repo(tmp_path):
+    wheels, site = tmp_path / "wheels", tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(wheels), str(ROOT)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    (wheel,) = wheels.glob("clippo-*.whl")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    code = (
+        "import json, clippo, clippo.render, clippo.eval, clippo.fonts; "
+        "p0, up = clippo.fonts.unifont_paths(); "
+        "img = clippo.render.UnifontRenderer()('wheel'); "
+        "print(json.dumps([clippo.render.__file__, str(p0), str(up), int((img == 0).sum())]))"
+    )
+    # -S skips site (so the editable install's .pth finder never loads); the wheel's target dir
+    # goes first, then plain site-packages for numpy and Pillow
+    paths = [str(site), sysconfig.get_paths()["purelib"]]
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", f"import sys; sys.path[:0] = {paths!r}; {code}"],
+        cwd=tmp_path, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    render_file, p0, up, ink = json.loads(out.stdout)
+    for path in (render_file, p0, up):
+        assert path.startswith(str(site)), path
+    assert Path(p0).stat().st_size > 900_000 and ink > 0
