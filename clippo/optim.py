@@ -1,0 +1,391 @@
+"""Optimisers and learning-rate schedules following big_vision's CLIPPO recipe.
+
+big_vision (`optax.make` + `scale_by_adafactor` + `utils.create_learning_rate_schedule`) updates
+
+    theta <- theta - sched(t) * (lr * adafactor_update(g) + wd * theta)        (wd only on */kernel)
+
+with `sched` a multiplier in [0, 1] evaluated at t = number of updates already applied (0-based,
+so with warm-up the very first update is zero). Here the same maths uses torch's conventions:
+each param group holds the current lr = peak_lr * sched(t) (see `set_lr`) and a `weight_decay`
+that is multiplied by that lr, so `build_optimizer` stores weight_decay = wd / peak_lr; then
+lr_t * (wd / peak_lr) = sched(t) * wd: decoupled and NOT multiplied by the peak lr. AdamW uses
+the same group layout (issue 4: wd 1e-4 at lr 1e-3 -> torch AdamW weight_decay 0.1).
+Gradient clipping by global norm belongs in the trainer (`torch.nn.utils.clip_grad_norm_`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "OptimConfig",
+    "ScheduleConfig",
+    "Schedule",
+    "schedule_value",
+    "build_schedule",
+    "DEFAULT_DECAY_PARAMS",
+    "decayed_parameter_names",
+    "param_groups",
+    "Adafactor",
+    "build_optimizer",
+    "set_lr",
+]
+
+SCHEDULE_KINDS = ("rsqrt", "cosine", "linear", "constant")
+OPTIMIZERS = ("adafactor", "adamw")
+_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def _from_dict(cls, d: Mapping[str, Any], what: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"unknown {what} key(s) {unknown}; allowed: {sorted(names)}")
+    return cls(**d)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """name: "adafactor" (big_vision's scale_by_adafactor) or "adamw" (torch.optim.AdamW).
+
+    lr: peak learning rate; wd: decoupled weight decay, scaled by the schedule but not by lr,
+    applied to `DEFAULT_DECAY_PARAMS` only (big_vision's `.*/kernel$`).
+    The adafactor fields default to big_vision's values; betas/adam_eps are AdamW's.
+    """
+
+    name: str = "adafactor"
+    lr: float = 1e-3
+    wd: float = 1e-4
+    min_dim_size_to_factor: int = 32
+    decay_rate: float = 0.8
+    decay_offset: int = 0
+    beta2_cap: float = 0.999
+    momentum: float | None = 0.9
+    momentum_dtype: str = "bfloat16"
+    eps: float = 1e-30
+    clipping_threshold: float | None = None
+    betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"OptimConfig.name={self.name!r}; expected one of {OPTIMIZERS}")
+        if not self.lr > 0:
+            raise ValueError(f"OptimConfig.lr must be > 0, got {self.lr}")
+        if self.wd < 0:
+            raise ValueError(f"OptimConfig.wd must be >= 0, got {self.wd}")
+        if self.momentum_dtype not in _DTYPES:
+            raise ValueError(
+                f"OptimConfig.momentum_dtype={self.momentum_dtype!r}; expected one of {list(_DTYPES)}"
+            )
+        if len(self.betas) != 2:
+            raise ValueError(f"OptimConfig.betas needs two values, got {self.betas}")
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> OptimConfig:
+        return _from_dict(cls, d, "OptimConfig")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Learning-rate multiplier schedule as big_vision's create_learning_rate_schedule(base=1).
+
+    kind: "rsqrt" | "cosine" | "linear" | "constant"; warmup_steps: linear ramp 0 -> 1;
+    cooldown_steps: linear ramp to 0 over the last steps (on top of any kind);
+    timescale/shift: rsqrt only; linear_end/power: "linear" (polynomial) only.
+    """
+
+    kind: str = "rsqrt"
+    warmup_steps: int = 0
+    cooldown_steps: int = 0
+    timescale: float = 10_000
+    shift: float = 0
+    linear_end: float = 0.0
+    power: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCHEDULE_KINDS:
+            raise ValueError(f"ScheduleConfig.kind={self.kind!r}; expected one of {SCHEDULE_KINDS}")
+        if self.warmup_steps < 0 or self.cooldown_steps < 0:
+            raise ValueError("ScheduleConfig warmup_steps and cooldown_steps must be >= 0")
+        if not self.timescale > 0:
+            raise ValueError(f"ScheduleConfig.timescale must be > 0, got {self.timescale}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ScheduleConfig:
+        return _from_dict(cls, d, "ScheduleConfig")
+
+
+def schedule_value(cfg: ScheduleConfig, total_steps: int, step: int) -> float:
+    """Multiplier of the peak lr for the update at 0-based `step` (big_vision's formula).
+
+    rsqrt: 1/sqrt(1 + (step + shift - warmup)/timescale) after warm-up, 1/sqrt(1 + shift/timescale)
+    during it; cosine: 0.5(1+cos(pi p)); linear: end + (1-end)(1-p)^power, with
+    p = clip((step - warmup)/(total - warmup), 0, 1). Then times min(1, step/warmup) and
+    min(1, (total - step)/cooldown) (clamped at 0 past the end).
+    """
+    if step < 0:
+        raise ValueError(f"schedule step must be >= 0, got {step}")
+    w = cfg.warmup_steps
+    progress = min(max((step - w) / max(total_steps - w, 1), 0.0), 1.0)
+    if cfg.kind == "rsqrt":
+        lr = 1.0 / math.sqrt(
+            1.0 + ((step + cfg.shift - w) if step >= w else cfg.shift) / cfg.timescale
+        )
+    elif cfg.kind == "cosine":
+        lr = 0.5 * (1.0 + math.cos(math.pi * progress))
+    elif cfg.kind == "linear":
+        lr = cfg.linear_end + (1.0 - cfg.linear_end) * (1.0 - progress) ** cfg.power
+    else:
+        lr = 1.0
+    if w:
+        lr *= min(1.0, step / w)
+    if cfg.cooldown_steps:
+        lr *= min(1.0, max(total_steps - step, 0) / cfg.cooldown_steps)
+    return lr
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """`schedule(step) -> float` multiplier; picklable (works as a LambdaLR lambda too)."""
+
+    config: ScheduleConfig
+    total_steps: int
+
+    def __call__(self, step: int) -> float:
+        return schedule_value(self.config, self.total_steps, step)
+
+
+def build_schedule(cfg: ScheduleConfig, total_steps: int) -> Schedule:
+    """Validate against the run length (as big_vision: warm-up must end before the last step)."""
+    if total_steps < 0:
+        raise ValueError(f"total_steps must be >= 0, got {total_steps}")
+    if total_steps > 1 and cfg.warmup_steps >= total_steps:
+        raise ValueError(f"warmup_steps={cfg.warmup_steps} must be < total_steps={total_steps}")
+    if cfg.cooldown_steps > total_steps:
+        raise ValueError(f"cooldown_steps={cfg.cooldown_steps} exceeds total_steps={total_steps}")
+    return Schedule(cfg, total_steps)
+
+
+# Module type -> its own parameters that get weight decay: the torch equivalents of big_vision's
+# `.*/kernel$` (Dense, Conv and attention projection kernels). Everything else -- biases,
+# LayerNorm, position embedding, MAP probe/latent, the logit scale t -- is not decayed.
+DEFAULT_DECAY_PARAMS: Mapping[type[nn.Module], tuple[str, ...]] = MappingProxyType(
+    {
+        nn.Linear: ("weight",),
+        nn.Conv1d: ("weight",),
+        nn.Conv2d: ("weight",),
+        nn.Conv3d: ("weight",),
+        nn.MultiheadAttention: (
+            "in_proj_weight",
+            "q_proj_weight",
+            "k_proj_weight",
+            "v_proj_weight",
+        ),
+    }
+)
+
+
+def _split(model: nn.Module, decay_params: Mapping[type[nn.Module], tuple[str, ...]]):
+    decay_ids: set[int] = set()
+    for module in model.modules():
+        for cls, attrs in decay_params.items():
+            if isinstance(module, cls):
+                for attr in attrs:
+                    p = module._parameters.get(attr)  # own parameters only, exact attribute name
+                    if p is not None:
+                        decay_ids.add(id(p))
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if id(p) in decay_ids else no_decay).append((name, p))
+    return decay, no_decay
+
+
+def decayed_parameter_names(
+    model: nn.Module, decay_params: Mapping[type[nn.Module], tuple[str, ...]] = DEFAULT_DECAY_PARAMS
+) -> list[str]:
+    """Names (as in `model.named_parameters()`) of the trainable parameters that get weight decay."""
+    return [n for n, _ in _split(model, decay_params)[0]]
+
+
+def param_groups(
+    model: nn.Module,
+    lr: float,
+    wd: float,
+    decay_params: Mapping[type[nn.Module], tuple[str, ...]] = DEFAULT_DECAY_PARAMS,
+) -> list[dict[str, Any]]:
+    """Two groups ("decay", "no_decay"; empty ones dropped), each with lr, peak_lr and the
+    lr-multiplied weight_decay = wd / lr (see module docstring). Frozen params are left out."""
+    decay, no_decay = _split(model, decay_params)
+    groups = [
+        {"name": "decay", "params": [p for _, p in decay], "weight_decay": wd / lr},
+        {"name": "no_decay", "params": [p for _, p in no_decay], "weight_decay": 0.0},
+    ]
+    return [dict(g, lr=lr, peak_lr=lr) for g in groups if g["params"]]
+
+
+def _factored_dims(shape: tuple[int, ...], min_dim: int) -> tuple[int, int] | None:
+    """optax `_factored_dims`: (second largest, largest) axes, or None if too small to factor."""
+    if len(shape) < 2:
+        return None
+    order = sorted(range(len(shape)), key=lambda i: shape[i])  # stable, like np.argsort here
+    if shape[order[-2]] < min_dim:
+        return None
+    return order[-2], order[-1]
+
+
+class Adafactor(torch.optim.Optimizer):
+    """big_vision's `scale_by_adafactor` (optax `scale_by_factored_rms` + optional block-RMS clip
+    + EMA momentum without debiasing), then  theta <- theta - lr * (update + weight_decay * theta).
+
+    Second moment at step k (0-based): beta2 = min(beta2_cap, 1 - (k - decay_offset + 1)^-decay_rate),
+    on g^2 + eps; factored over the two largest axes when the second largest is >= min_dim_size_to_factor.
+    Momentum m = momentum * m + (1 - momentum) * u is used in float32 and stored in momentum_dtype.
+    Note: factoring follows the torch tensor layout: a fused qkv [3W, W] is factored as one
+    matrix, whereas big_vision factors each [W, heads, head_dim] kernel per head.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        *,
+        min_dim_size_to_factor: int = 32,
+        decay_rate: float = 0.8,
+        decay_offset: int = 0,
+        beta2_cap: float = 0.999,
+        momentum: float | None = 0.9,
+        momentum_dtype: torch.dtype = torch.bfloat16,
+        eps: float = 1e-30,
+        clipping_threshold: float | None = None,
+    ) -> None:
+        if lr < 0 or weight_decay < 0:
+            raise ValueError(f"lr and weight_decay must be >= 0, got {lr}, {weight_decay}")
+        defaults = dict(
+            lr=lr,
+            weight_decay=weight_decay,
+            min_dim_size_to_factor=min_dim_size_to_factor,
+            decay_rate=decay_rate,
+            decay_offset=decay_offset,
+            beta2_cap=beta2_cap,
+            momentum=momentum,
+            momentum_dtype=momentum_dtype,
+            eps=eps,
+            clipping_threshold=clipping_threshold,
+        )
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("Adafactor does not support sparse gradients")
+                self._update(p, group)
+        return loss
+
+    def _update(self, p: torch.Tensor, group: dict[str, Any]) -> None:
+        state = self.state[p]
+        g = p.grad.float()
+        dims = _factored_dims(tuple(p.shape), group["min_dim_size_to_factor"])
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.int64)
+            if dims is None:
+                state["v"] = torch.zeros_like(p)
+            else:
+                d1, d0 = dims
+                state["v_row"] = p.new_zeros([s for i, s in enumerate(p.shape) if i != d0])
+                state["v_col"] = p.new_zeros([s for i, s in enumerate(p.shape) if i != d1])
+            if group["momentum"]:
+                state["momentum"] = torch.zeros_like(p, dtype=group["momentum_dtype"])
+        k = int(state["step"])
+        beta2 = min(
+            group["beta2_cap"], 1.0 - (k - group["decay_offset"] + 1.0) ** (-group["decay_rate"])
+        )
+        g2 = g * g + group["eps"]
+        if dims is None:
+            v = state["v"].float().mul_(beta2).add_(g2, alpha=1.0 - beta2)
+            state["v"].copy_(v)
+            u = g * v.rsqrt()
+        else:
+            d1, d0 = dims
+            v_row = state["v_row"].float().mul_(beta2).add_(g2.mean(d0), alpha=1.0 - beta2)
+            v_col = state["v_col"].float().mul_(beta2).add_(g2.mean(d1), alpha=1.0 - beta2)
+            state["v_row"].copy_(v_row)
+            state["v_col"].copy_(v_col)
+            reduced_d1 = d1 - 1 if d1 > d0 else d1
+            row_factor = (v_row / v_row.mean(reduced_d1, keepdim=True)).rsqrt()
+            u = g * row_factor.unsqueeze(d0) * v_col.rsqrt().unsqueeze(d1)
+        if group["clipping_threshold"]:
+            rms = u.square().mean().sqrt()
+            u = u / torch.clamp(rms / group["clipping_threshold"], min=1.0)
+        if group["momentum"]:
+            beta1 = group["momentum"]
+            # Read through float32: after load_state_dict torch may have cast the stored momentum
+            # to the param dtype; re-rounding to momentum_dtype keeps resumed runs bit-identical.
+            u = state["momentum"].float().mul_(beta1).add_(u, alpha=1.0 - beta1)
+            state["momentum"] = u.to(group["momentum_dtype"])
+        state["step"] += 1
+        lr, wd = group["lr"], group["weight_decay"]
+        if wd:
+            p.mul_(1.0 - lr * wd)
+        p.add_(u.to(p.dtype), alpha=-lr)
+
+
+def build_optimizer(
+    model: nn.Module,
+    cfg: OptimConfig,
+    *,
+    decay_params: Mapping[type[nn.Module], tuple[str, ...]] = DEFAULT_DECAY_PARAMS,
+) -> torch.optim.Optimizer:
+    """Adafactor or AdamW over `param_groups(model, cfg.lr, cfg.wd)`; groups start at the peak lr,
+    call `set_lr(opt, schedule(step))` before each `opt.step()`."""
+    groups = param_groups(model, cfg.lr, cfg.wd, decay_params)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps)
+    return Adafactor(
+        groups,
+        lr=cfg.lr,
+        min_dim_size_to_factor=cfg.min_dim_size_to_factor,
+        decay_rate=cfg.decay_rate,
+        decay_offset=cfg.decay_offset,
+        beta2_cap=cfg.beta2_cap,
+        momentum=cfg.momentum,
+        momentum_dtype=_DTYPES[cfg.momentum_dtype],
+        eps=cfg.eps,
+        clipping_threshold=cfg.clipping_threshold,
+    )
+
+
+def set_lr(optimizer: torch.optim.Optimizer, multiplier: float) -> float:
+    """Set every group's lr to its peak_lr (or, without one, initial lr) times `multiplier`;
+    returns the first group's new lr (for logging)."""
+    for group in optimizer.param_groups:
+        peak = group.setdefault("peak_lr", group["lr"])
+        group["lr"] = peak * multiplier
+    return optimizer.param_groups[0]["lr"]
