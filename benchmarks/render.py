@@ -24,7 +24,42 @@ import numpy as np
 from clippo.render import UnifontRenderer
 from PIL import BdfFontFile, Image, ImageDraw, ImageFont
 
-WORDS = ["a", "the", "photo", "of", "dog", "cat", "red", "blue", "small", "large", "man", "woman", "with", "on", "in", "at", "park", "street", "car", "bus", "sitting", "playing", "next", "to", "two", "three", "people", "green", "table", "holding", "standing", "near", "water", "white"]
+WORDS = [
+    "a",
+    "the",
+    "photo",
+    "of",
+    "dog",
+    "cat",
+    "red",
+    "blue",
+    "small",
+    "large",
+    "man",
+    "woman",
+    "with",
+    "on",
+    "in",
+    "at",
+    "park",
+    "street",
+    "car",
+    "bus",
+    "sitting",
+    "playing",
+    "next",
+    "to",
+    "two",
+    "three",
+    "people",
+    "green",
+    "table",
+    "holding",
+    "standing",
+    "near",
+    "water",
+    "white",
+]
 
 
 def make_texts(n: int, length: int, seed: int) -> list[str]:
