@@ -1,0 +1,189 @@
+"""Model configuration: frozen dataclasses and the big_vision ViT variant table.
+
+`ViTConfig` describes the one tower, `ModelConfig` the whole CLIPPO model (tower, projection,
+temperature and the renderer settings texts are drawn with). Both round-trip through plain dicts
+(`to_dict`/`from_dict`); unknown or missing keys are errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from clippo.render import RenderConfig
+
+POOL_TYPES = ("map", "gap")  # big_vision names: attention-probe pooling, global average pooling
+
+
+def _check_keys(cls: type, data: Mapping[str, Any], where: str) -> None:
+    names = {f.name for f in dataclasses.fields(cls)}
+    required = {
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    unknown = sorted(set(data) - names)
+    missing = sorted(required - set(data))
+    if unknown or missing:
+        raise ValueError(f"{where}: unknown keys {unknown}, missing keys {missing}")
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """The Vision Transformer tower (big_vision `vit.py` with `rep_size=False`, no class token)."""
+
+    width: int
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    patch_size: int
+    image_size: int
+    pool_type: str = "map"
+
+    def __post_init__(self) -> None:
+        for name in ("width", "depth", "num_heads", "mlp_dim", "patch_size", "image_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"ViTConfig.{name} must be a positive int, got {value!r}")
+        if self.width % self.num_heads:
+            raise ValueError(
+                f"ViTConfig: width {self.width} not divisible by {self.num_heads} heads"
+            )
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"ViTConfig: image_size {self.image_size} not a multiple of patch {self.patch_size}"
+            )
+        if self.pool_type not in POOL_TYPES:
+            raise ValueError(
+                f"ViTConfig.pool_type must be one of {POOL_TYPES}, got {self.pool_type!r}"
+            )
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid_size**2
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ViTConfig:
+        _check_keys(cls, data, "ViTConfig")
+        return cls(**data)
+
+    @classmethod
+    def from_variant(cls, name: str, image_size: int = 224, pool_type: str = "map") -> ViTConfig:
+        """`ViTConfig.from_variant("B/16", 224)`; names are the keys of `VARIANTS`."""
+        if name not in VARIANTS:
+            raise ValueError(f"unknown ViT variant {name!r}; known: {', '.join(VARIANTS)}")
+        return cls(**VARIANTS[name].to_dict(), image_size=image_size, pool_type=pool_type)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Tower sizes of one named variant (image size and pooling are chosen separately)."""
+
+    width: int
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    patch_size: int
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+# big_vision `vit.decode_variant` sizes: (width, depth, heads, mlp_dim), Table 2 of arXiv 2106.04560.
+_SIZES: dict[str, tuple[int, int, int, int]] = {
+    "mu": (32, 1, 2, 128),
+    "Ti": (192, 12, 3, 768),
+    "S": (384, 12, 6, 1536),
+    "M": (512, 12, 8, 2048),
+    "B": (768, 12, 12, 3072),
+    "L": (1024, 24, 16, 4096),
+    "So400m": (1152, 27, 16, 4304),
+    "H": (1280, 32, 16, 5120),
+    "g": (1408, 40, 16, 6144),
+    "G": (1664, 48, 16, 8192),
+    "e": (1792, 56, 16, 15360),
+}
+_PATCHES = (8, 14, 16, 32)
+
+# "B/16" style names as big_vision spells them, plus "tiny-test" (the public fixture's tower).
+VARIANTS: dict[str, Variant] = {
+    f"{size}/{patch}": Variant(w, d, h, m, patch)
+    for size, (w, d, h, m) in _SIZES.items()
+    for patch in _PATCHES
+}
+VARIANTS["tiny-test"] = Variant(width=64, depth=2, num_heads=2, mlp_dim=128, patch_size=16)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """CLIPPO one-tower model: ViT -> `head` Linear(width, out_dim) -> L2 norm; logit scale exp(t).
+
+    `render` holds the Unifont renderer settings used for texts; it defaults to big_vision's
+    defaults at the tower's image size, and its image size must equal the tower's.
+    """
+
+    vit: ViTConfig
+    out_dim: int = 768
+    temperature_init: float = 10.0
+    render: RenderConfig = field(default=None)  # type: ignore[assignment]  # filled in below
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.vit, ViTConfig):
+            raise TypeError(f"ModelConfig.vit must be a ViTConfig, got {type(self.vit).__name__}")
+        if not isinstance(self.out_dim, int) or self.out_dim <= 0:
+            raise ValueError(f"ModelConfig.out_dim must be a positive int, got {self.out_dim!r}")
+        if not self.temperature_init > 0:
+            raise ValueError(
+                f"ModelConfig.temperature_init must be > 0, got {self.temperature_init}"
+            )
+        if self.render is None:
+            object.__setattr__(self, "render", RenderConfig(image_size=self.vit.image_size))
+        if self.render.image_size != self.vit.image_size:
+            raise ValueError(
+                f"ModelConfig: render.image_size {self.render.image_size} != "
+                f"vit.image_size {self.vit.image_size}"
+            )
+
+    @classmethod
+    def from_variant(
+        cls,
+        name: str,
+        image_size: int = 224,
+        out_dim: int | None = None,
+        temperature_init: float = 10.0,
+        render: RenderConfig | None = None,
+    ) -> ModelConfig:
+        """Named variant; `out_dim` defaults to the tower width (CLIPPO B/16: 768)."""
+        vit = ViTConfig.from_variant(name, image_size=image_size)
+        return cls(
+            vit=vit,
+            out_dim=vit.width if out_dim is None else out_dim,
+            temperature_init=temperature_init,
+            render=render,  # type: ignore[arg-type]
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "vit": self.vit.to_dict(),
+            "out_dim": self.out_dim,
+            "temperature_init": self.temperature_init,
+            "render": self.render.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
+        _check_keys(cls, data, "ModelConfig")
+        kw = dict(data)
+        kw["vit"] = ViTConfig.from_dict(data["vit"])
+        if kw.get("render") is not None:
+            kw["render"] = RenderConfig.from_dict(data["render"])
+        return cls(**kw)

@@ -1,0 +1,234 @@
+"""Batch embedding of image folders and text files (the library side of `clippo embed`).
+
+Images are decoded with `clippo.data.images.decode_image`, preprocessed as big_vision does
+(`clippo.preprocess`: bilinear resize without antialias to the model's size, uint8, [-1, 1]) and
+encoded; files that cannot be decoded are skipped and reported. Texts are rendered with the
+model's own renderer. Results are written as `.npy` plus a row-aligned `.ids.txt`, or as one
+`.parquet` file with `id` and `embedding` columns.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from clippo.model import CLIPPO
+from clippo.preprocess import images_to_pixels, resize_uint8
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+OUTPUT_SUFFIXES = (".npy", ".parquet")
+
+
+@dataclass
+class Embeddings:
+    """`vectors` float32 [N, D] with `ids[i]` naming row i; `skipped` holds (id, reason)."""
+
+    vectors: np.ndarray
+    ids: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def list_images(directory: str | os.PathLike) -> list[Path]:
+    """Image files (by suffix, case-insensitive) under `directory`, recursively, sorted."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise NotADirectoryError(f"not a directory: {root}")
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_texts(path: str | os.PathLike) -> list[str]:
+    """One text per line (UTF-8, line breaks removed; empty lines kept, so rows match lines)."""
+    path = Path(path)
+    texts = []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                texts.append(raw.decode("utf-8").rstrip("\r\n"))
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid UTF-8 ({e.reason})") from e
+    return texts
+
+
+def _autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def _load_image(path: Path, size: int) -> np.ndarray | str:
+    """uint8 [size, size, 3], or the reason the file was skipped."""
+    from clippo.data.images import ImageDecodeError, decode_image
+
+    try:
+        return resize_uint8(decode_image(path), size)
+    except ImageDecodeError as e:
+        return str(e) or type(e).__name__
+    except OSError as e:  # unreadable file (permissions, vanished)
+        return f"{type(e).__name__}: {e}"
+
+
+def _prefetched(
+    pool: ThreadPoolExecutor, batches: list[list[Path]], load: Callable[[Path], np.ndarray | str]
+) -> Iterator[tuple[list[Path], list[np.ndarray | str]]]:
+    """Decode batch i+1 in the pool while the caller encodes batch i."""
+    pending: list[Future] | None = None
+    for i in range(len(batches) + 1):
+        ready = pending
+        pending = [pool.submit(load, p) for p in batches[i]] if i < len(batches) else None
+        if ready is not None:
+            yield batches[i - 1], [f.result() for f in ready]
+
+
+@torch.no_grad()
+def embed_images(
+    model: CLIPPO,
+    paths: Sequence[str | os.PathLike],
+    ids: Sequence[str] | None = None,
+    *,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    bf16: bool = False,
+    num_workers: int = 4,
+    progress: bool = True,
+) -> Embeddings:
+    """Encode image files; undecodable ones are skipped and listed in `.skipped`."""
+    paths = [Path(p) for p in paths]
+    ids = [str(p) for p in paths] if ids is None else list(ids)
+    if len(ids) != len(paths):
+        raise ValueError(f"{len(ids)} ids for {len(paths)} paths")
+    device = torch.device(device)
+    model = model.to(device).eval()
+    size = model.config.vit.image_size
+    id_of = dict(zip(paths, ids))
+    batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+    vectors, kept, skipped = [], [], []
+    with (
+        ThreadPoolExecutor(max(1, num_workers)) as pool,
+        tqdm(total=len(paths), desc="images", unit="img", disable=not progress) as bar,
+    ):
+        for batch, loaded in _prefetched(pool, batches, lambda p: _load_image(p, size)):
+            good = [(p, a) for p, a in zip(batch, loaded) if not isinstance(a, str)]
+            skipped += [(id_of[p], a) for p, a in zip(batch, loaded) if isinstance(a, str)]
+            if good:
+                pixels = images_to_pixels([a for _, a in good]).to(device)
+                with _autocast(device, bf16):
+                    vectors.append(model.encode_images(pixels).float().cpu().numpy())
+                kept += [id_of[p] for p, _ in good]
+            bar.update(len(batch))
+    out = np.concatenate(vectors) if vectors else np.zeros((0, model.config.out_dim), np.float32)
+    return Embeddings(out, kept, skipped)
+
+
+def embed_image_dir(model: CLIPPO, directory: str | os.PathLike, **kwargs) -> Embeddings:
+    """`embed_images` over `list_images(directory)`; ids are paths relative to `directory`."""
+    paths = list_images(directory)
+    ids = [p.relative_to(directory).as_posix() for p in paths]
+    return embed_images(model, paths, ids, **kwargs)
+
+
+@torch.no_grad()
+def embed_texts(
+    model: CLIPPO,
+    texts: Sequence[str],
+    ids: Sequence[str] | None = None,
+    *,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    bf16: bool = False,
+    progress: bool = True,
+) -> Embeddings:
+    """Render each text with the model's renderer and encode it. Ids default to 1-based lines."""
+    ids = [str(i) for i in range(1, len(texts) + 1)] if ids is None else list(ids)
+    if len(ids) != len(texts):
+        raise ValueError(f"{len(ids)} ids for {len(texts)} texts")
+    device = torch.device(device)
+    model = model.to(device).eval()
+    vectors = []
+    with tqdm(total=len(texts), desc="texts", unit="text", disable=not progress) as bar:
+        for i in range(0, len(texts), batch_size):
+            chunk = list(texts[i : i + batch_size])
+            with _autocast(device, bf16):
+                vectors.append(model.encode(model.render_texts(chunk)).float().cpu().numpy())
+            bar.update(len(chunk))
+    out = np.concatenate(vectors) if vectors else np.zeros((0, model.config.out_dim), np.float32)
+    return Embeddings(out, ids)
+
+
+@contextmanager
+def _atomic(target: Path) -> Iterator[Path]:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def ids_path(out: str | os.PathLike) -> Path:
+    """`emb.npy` -> `emb.ids.txt`, the row-aligned ids beside an `.npy` output."""
+    return Path(out).with_suffix(".ids.txt")
+
+
+def write_embeddings(result: Embeddings, out: str | os.PathLike) -> list[Path]:
+    """Write `.npy` (+ `.ids.txt`, one id per line) or `.parquet` (columns id, embedding),
+    each file atomically. Returns the files written."""
+    out = Path(out)
+    if out.suffix not in OUTPUT_SUFFIXES:
+        raise ValueError(f"{out}: output must end in {' or '.join(OUTPUT_SUFFIXES)}")
+    bad = [i for i in result.ids if "\n" in i or "\r" in i]
+    if bad:
+        raise ValueError(f"ids with line breaks cannot be written: {bad[:3]!r}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npy":
+        with _atomic(out) as tmp, open(tmp, "wb") as f:
+            np.save(f, result.vectors.astype(np.float32, copy=False))
+        with _atomic(ids_path(out)) as tmp:
+            tmp.write_text("".join(f"{i}\n" for i in result.ids), encoding="utf-8")
+        return [out, ids_path(out)]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dim = result.vectors.shape[1]
+    flat = pa.array(result.vectors.astype(np.float32, copy=False).reshape(-1))
+    table = pa.table(
+        {
+            "id": pa.array(result.ids, pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
+        }
+    )
+    with _atomic(out) as tmp:
+        pq.write_table(table, tmp)
+    return [out]
+
+
+def summary(result: Embeddings, written: Sequence[Path] = ()) -> str:
+    """Human-readable report: counts, files written, and every skipped input with its reason."""
+    lines = [f"embedded {len(result.ids)} inputs -> {result.vectors.shape}"]
+    lines += [f"wrote {p}" for p in written]
+    if result.skipped:
+        lines.append(f"skipped {len(result.skipped)} unreadable inputs:")
+        lines += [f"  {i}: {reason}" for i, reason in result.skipped]
+    return "\n".join(lines)
+
+
+def read_embeddings(path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
+    """Read back what `write_embeddings` wrote: (float32 [N, D], ids)."""
+    path = Path(path)
+    if path.suffix == ".npy":
+        vectors = np.load(path, allow_pickle=False)
+        ids = ids_path(path).read_text(encoding="utf-8").splitlines()
+        return vectors, ids
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    vectors = np.asarray(table.column("embedding").combine_chunks().flatten(), np.float32)
+    return vectors.reshape(table.num_rows, -1), table.column("id").to_pylist()

@@ -1,0 +1,245 @@
+"""CLIPPO: one Vision Transformer for images and rendered text (big_vision `one_tower.py`).
+
+The tower is timm's `VisionTransformer` built directly with big_vision's settings (no class token,
+learned position embedding, MAP pooling, tanh GELU, LayerNorm eps 1e-6, qkv biases) and no timm
+classifier; our own `head` Linear projects to the embedding size, followed by
+`z / (||z|| + 1e-8)`. `t` is the log of the logit scale, as in big_vision checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from functools import partial
+from typing import TYPE_CHECKING
+
+import torch
+from timm.layers import GELUTanh, lecun_normal_
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor, nn
+
+from clippo.config import ModelConfig
+from clippo.prompts import fill
+
+if TYPE_CHECKING:
+    from clippo.render import UnifontRenderer
+
+NORM_EPS = 1e-8  # added to the L2 norm, as big_vision's one_tower does
+
+
+def _mlp_ratio(width: int, mlp_dim: int) -> float:
+    """A ratio timm turns back into exactly `mlp_dim` (it computes `int(width * ratio)`)."""
+    ratio = mlp_dim / width
+    if int(width * ratio) != mlp_dim:  # float rounding, e.g. So400m's 4304 / 1152
+        ratio = (mlp_dim + 0.5) / width
+    return ratio
+
+
+def l2_normalize(x: Tensor) -> Tensor:
+    """`x / (||x||_2 + 1e-8)` over the last axis (not `F.normalize`, which clamps the norm)."""
+    return x / (torch.linalg.vector_norm(x, dim=-1, keepdim=True) + NORM_EPS)
+
+
+class CLIPPO(nn.Module):
+    """One-tower CLIPPO model. Inputs are float pixels NCHW in [-1, 1] (`x/255*2-1`)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        v = config.vit
+        self.vit = VisionTransformer(
+            img_size=v.image_size,
+            patch_size=v.patch_size,
+            num_classes=0,  # no timm head: `self.head` below is big_vision's `head`
+            global_pool="map" if v.pool_type == "map" else "avg",
+            embed_dim=v.width,
+            depth=v.depth,
+            num_heads=v.num_heads,
+            mlp_ratio=_mlp_ratio(v.width, v.mlp_dim),
+            qkv_bias=True,
+            class_token=False,
+            fc_norm=False,  # big_vision applies encoder_norm before pooling, also for "gap"
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            act_layer=GELUTanh,
+            weight_init="skip",  # reset_parameters() below applies big_vision's init instead
+        )
+        self.head = nn.Linear(v.width, config.out_dim)
+        self.t = nn.Parameter(torch.empty(1))
+        self._renderer: UnifontRenderer | None = None
+        self.reset_parameters()
+
+    @classmethod
+    def from_variant(cls, name: str, image_size: int = 224, **kwargs) -> CLIPPO:
+        """`CLIPPO.from_variant("B/16", image_size=224, out_dim=768)`; see `clippo.VARIANTS`."""
+        return cls(ModelConfig.from_variant(name, image_size=image_size, **kwargs))
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """big_vision's initialisation (REFERENCE.md 2.5), not timm's."""
+        width = self.config.vit.width
+
+        def xavier_blocks(weight: Tensor, n: int) -> None:
+            # flax inits q, k, v (and the MAP head's k, v) as separate [width, width] kernels
+            for chunk in weight.chunk(n, dim=0):
+                nn.init.xavier_uniform_(chunk)
+
+        def mlp(m: nn.Module) -> None:
+            for fc in (m.fc1, m.fc2):
+                nn.init.xavier_uniform_(fc.weight)
+                nn.init.normal_(fc.bias, std=1e-6)
+
+        vit = self.vit
+        lecun_normal_(vit.patch_embed.proj.weight)
+        nn.init.zeros_(vit.patch_embed.proj.bias)
+        nn.init.normal_(vit.pos_embed, std=1 / math.sqrt(width))
+        for m in self.modules():
+            if isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for block in vit.blocks:
+            xavier_blocks(block.attn.qkv.weight, 3)
+            nn.init.zeros_(block.attn.qkv.bias)
+            nn.init.xavier_uniform_(block.attn.proj.weight)
+            nn.init.zeros_(block.attn.proj.bias)
+            mlp(block.mlp)
+        pool = vit.attn_pool
+        if pool is not None:
+            # flax xavier on the probe's shape (1, 1, width): fan_in 1, fan_out width
+            bound = math.sqrt(6.0 / (1 + width))
+            nn.init.uniform_(pool.latent, -bound, bound)
+            nn.init.xavier_uniform_(pool.q.weight)
+            xavier_blocks(pool.kv.weight, 2)
+            nn.init.xavier_uniform_(pool.proj.weight)
+            for lin in (pool.q, pool.kv, pool.proj):
+                nn.init.zeros_(lin.bias)
+            mlp(pool.mlp)
+        lecun_normal_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        self.t.fill_(math.log(self.config.temperature_init))
+
+    # ---- towers -------------------------------------------------------------------------------
+
+    def _tower(self, pixels: Tensor, prefix: str, out: dict[str, Tensor] | None) -> Tensor:
+        """pixels [B,3,H,W] -> normalised embedding [B,D]; fills `out` with named intermediates."""
+        encoded = self.vit.forward_features(pixels)  # [B, N, W], after encoder_norm
+        pre_logits = self.vit.forward_head(encoded, pre_logits=True)  # [B, W], pooled
+        logits = self.head(pre_logits)  # [B, D]
+        norm = torch.linalg.vector_norm(logits, dim=-1, keepdim=True)  # [B, 1]
+        z = logits / (norm + NORM_EPS)
+        if out is not None:
+            out[f"{prefix}/encoded"] = encoded
+            out[f"{prefix}/head_input"] = pre_logits
+            out[f"{prefix}/pre_logits"] = pre_logits
+            out[f"{prefix}/logits"] = logits
+            out[f"{prefix}/norm"] = norm
+            out[f"{prefix}/normalized"] = z
+        return z
+
+    def encode(self, pixels: Tensor) -> Tensor:
+        """Float pixels [B,3,H,W] in [-1,1] (photos or rendered text) -> [B,D] unit vectors."""
+        return self._tower(pixels, "img", None)
+
+    def encode_images(self, pixels: Tensor) -> Tensor:
+        """Same tower as `encode`, named for readability."""
+        return self._tower(pixels, "img", None)
+
+    @property
+    def renderer(self) -> UnifontRenderer:
+        """The Unifont renderer with this model's settings (`config.render`)."""
+        if self._renderer is None:
+            from clippo.render import UnifontRenderer
+
+            self._renderer = UnifontRenderer.from_config(self.config.render)
+        return self._renderer
+
+    def render_texts(self, texts: Sequence[str]) -> Tensor:
+        """texts -> float pixels [B,3,H,W] in [-1,1], made on the model's device."""
+        return self.renderer.render_torch(list(texts), device=self.t.device)
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> Tensor:
+        """Render with the model's renderer, then encode: list of B strings -> [B,D]."""
+        if isinstance(texts, str | bytes):
+            raise TypeError("encode_texts takes a list of strings, not a single string")
+        texts = list(texts)
+        if not texts:
+            return torch.empty(0, self.config.out_dim, device=self.t.device)
+        chunks = [
+            self.encode(self.render_texts(texts[i : i + batch_size]).to(self.t.dtype))
+            for i in range(0, len(texts), batch_size)
+        ]
+        return torch.cat(chunks)
+
+    @property
+    def logit_scale(self) -> Tensor:
+        """exp(t), the scale applied to cosine similarities (a 0-d tensor)."""
+        return self.t.exp()[0]
+
+    def forward(
+        self,
+        images: Tensor | None = None,
+        texts: Tensor | None = None,
+        intermediates: bool = False,
+    ) -> dict[str, Tensor]:
+        """images [Bi,3,H,W], texts [Bt,3,H,W] (rendered pixels) -> dict.
+
+        Keys: "zimg" [Bi,D], "ztxt" [Bt,D] (for the inputs given), "logit_scale" [],
+        "logits" [Bi,Bt] (when both are given), and with `intermediates=True` the big_vision
+        names "img/encoded" [Bi,N,W], "img/pre_logits" [Bi,W], "img/logits" [Bi,D], "txt/...".
+        """
+        if images is None and texts is None:
+            raise ValueError("CLIPPO.forward needs images, texts or both")
+        out: dict[str, Tensor] = {}
+        extra = out if intermediates else None
+        # two separate calls through the same tower, as big_vision does
+        if images is not None:
+            out["zimg"] = self._tower(images, "img", extra)
+        if texts is not None:
+            out["ztxt"] = self._tower(texts, "txt", extra)
+        out["logit_scale"] = self.logit_scale
+        if images is not None and texts is not None:
+            out["logits"] = out["zimg"] @ out["ztxt"].T * out["logit_scale"]
+        return out
+
+    # ---- zero-shot classification -------------------------------------------------------------
+
+    @torch.no_grad()
+    def class_embeddings(
+        self, class_names: Sequence[str], templates: Sequence[str], batch_size: int = 256
+    ) -> Tensor:
+        """Prompt-ensemble class embeddings [C,D]: mean over templates, then re-normalised.
+
+        Each template holds one "{}" that the class name replaces. Names and templates are used
+        as given; `clippo.prompts` has big_vision's canonicalisation and its `clip_paper` list.
+        """
+        if not class_names or not templates:
+            raise ValueError("class_embeddings needs at least one class name and one template")
+        prompts = [fill(tpl, name) for name in class_names for tpl in templates]
+        z = self.encode_texts(prompts, batch_size=batch_size).float()
+        z = z.reshape(len(class_names), len(templates), -1).mean(dim=1)
+        return l2_normalize(z)
+
+    @torch.no_grad()
+    def classify(
+        self,
+        images: Tensor,
+        class_names: Sequence[str],
+        templates: Sequence[str],
+        class_embeddings: Tensor | None = None,
+    ) -> Tensor:
+        """Zero-shot prediction: pixels [B,3,H,W] -> class indices LongTensor [B].
+
+        Pass `class_embeddings` (from `self.class_embeddings`) to reuse them across batches.
+        """
+        if class_embeddings is None:
+            class_embeddings = self.class_embeddings(class_names, templates)
+        zimg = self.encode(images).float()
+        return (zimg @ class_embeddings.to(zimg.device).T).argmax(dim=1)
+
+    # ---- persistence --------------------------------------------------------------------------
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write `config.json` + `model.safetensors` into `directory` (atomically, per file)."""
+        from clippo.checkpoint import save
+
+        save(self, directory)
