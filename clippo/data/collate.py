@@ -1,0 +1,185 @@
+"""Collation of mixed batches into model input, rendering texts in workers or on the device.
+
+    collate = PairCollate(UnifontRenderer(), render_on="worker")
+    loader = mixer.loader(collate, start_step=0, num_workers=4)
+    for batch in loader:
+        batch = to_device(batch, "cuda", collate.renderer)
+        out = model(images=batch["left_pixels"], texts=batch["right_pixels"])
+
+A batch of B pairs (row i is pair i; image/text pairs first, then text/text pairs) becomes a dict:
+- render_on="worker", pixel_format="float32": "left_pixels", "right_pixels" float32 [B,3,H,W]
+  in [-1, 1] (x/255*2-1): images, and left-side texts of text/text pairs rendered as their own
+  images; right-side texts rendered likewise.
+- render_on="worker", pixel_format="uint8": "left_uint8", "right_uint8" uint8 [B,H,W,3] (4x less
+  to move between processes and to the device; `to_device` makes the float pixels).
+- render_on="device": "left_images" uint8 [N_img,H,W,3] and "image_rows" int64 [N_img]; texts
+  stay strings and `to_device` renders them there with `renderer.render_torch`.
+Always: "is_text_pair" bool [B], "left_texts" (None for image rows), "right_texts", "keys",
+"step", "skipped" (skip counts found while making the batch; merge into a `SkipStats`).
+`to_device` gives "left_pixels"/"right_pixels" float32 [B,3,H,W] on the device in every mode,
+equal to the worker-mode values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from clippo.data.mixer import BatchMixer, ImageTextPair, MixedBatch, TextPair
+
+__all__ = ["MixerDataset", "PairCollate", "to_device", "as_mixed_batch"]
+
+
+class MixerDataset(IterableDataset):
+    """The mixer's batches as a torch IterableDataset (use DataLoader(batch_size=None)).
+
+    With W DataLoader workers, worker w makes steps start+w, start+w+W, ...; the DataLoader
+    returns them round-robin, i.e. in step order."""
+
+    def __init__(
+        self, mixer: BatchMixer, start_step: int = 0, stop_step: int | None = None
+    ) -> None:
+        self.mixer, self.start_step, self.stop_step = mixer, start_step, stop_step
+
+    def __iter__(self) -> Iterator[MixedBatch]:
+        info = get_worker_info()
+        worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        return self.mixer.batches(
+            self.start_step, stop_step=self.stop_step, worker=worker, num_workers=num_workers
+        )
+
+
+def as_mixed_batch(pairs: Sequence[ImageTextPair | TextPair], step: int = -1) -> MixedBatch:
+    """A list of pairs (any order) -> MixedBatch with image/text pairs first."""
+    images = [p for p in pairs if isinstance(p, ImageTextPair)]
+    texts = [p for p in pairs if isinstance(p, TextPair)]
+    if len(images) + len(texts) != len(pairs):
+        raise TypeError("pairs must be ImageTextPair or TextPair")
+    ordered = images + texts
+    is_text = np.arange(len(ordered)) >= len(images)
+    return MixedBatch(
+        step, [p[0] for p in ordered], [p[1] for p in ordered], is_text, [p[2] for p in ordered], {}
+    )
+
+
+def _float_pixels(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [B,H,W,3] -> float32 [B,3,H,W], the same float32 ops as clippo.render.to_pixels."""
+    out = torch.empty((x.shape[0], 3, x.shape[1], x.shape[2]), dtype=torch.float32, device=x.device)
+    out.copy_(x.permute(0, 3, 1, 2))  # one strided pass; then in place
+    return out.div_(255.0).mul_(2.0).sub_(1.0)
+
+
+class PairCollate:
+    """MixedBatch (or a list of pairs) -> dict of tensors; see the module doc for the layout.
+
+    Images that are not already uint8 [S,S,3] at the renderer's size S (PIL images, other sizes)
+    are resized here with `clippo.preprocess.resize_uint8`. Picklable (the renderer carries only
+    its settings)."""
+
+    def __init__(
+        self,
+        renderer: Any,
+        render_on: Literal["worker", "device"] = "worker",
+        pixel_format: Literal["float32", "uint8"] = "float32",
+    ) -> None:
+        if render_on not in ("worker", "device"):
+            raise ValueError(f"render_on must be 'worker' or 'device', got {render_on!r}")
+        if pixel_format not in ("float32", "uint8"):
+            raise ValueError(f"pixel_format must be 'float32' or 'uint8', got {pixel_format!r}")
+        self.renderer = renderer
+        self.render_on = render_on
+        self.pixel_format = pixel_format
+        self.size = renderer.config.image_size
+
+    def _image(self, image: Any, key: str) -> np.ndarray:
+        if (
+            isinstance(image, np.ndarray)
+            and image.dtype == np.uint8
+            and image.shape == (self.size, self.size, 3)
+        ):
+            return image
+        from clippo.preprocess import resize_uint8
+
+        try:
+            return resize_uint8(image, self.size)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"sample {key}: cannot use image: {e}") from None
+
+    def __call__(self, batch: MixedBatch | Sequence[ImageTextPair | TextPair]) -> dict[str, Any]:
+        if not isinstance(batch, MixedBatch):
+            batch = as_mixed_batch(batch)
+        is_text = np.asarray(batch.is_text_pair, dtype=bool)
+        n, size = len(is_text), self.size
+        image_rows = np.flatnonzero(~is_text)
+        images = [self._image(batch.left[i], batch.keys[i]) for i in image_rows]
+        left_texts = [batch.left[i] if t else None for i, t in enumerate(is_text)]
+        out: dict[str, Any] = {
+            "is_text_pair": torch.from_numpy(is_text.copy()),
+            "left_texts": left_texts,
+            "right_texts": list(batch.right),
+            "keys": list(batch.keys),
+            "step": batch.step,
+            "skipped": dict(batch.skipped),
+        }
+        img = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+        if self.render_on == "device":
+            out["left_images"] = torch.from_numpy(img)
+            out["image_rows"] = torch.from_numpy(image_rows.astype(np.int64))
+            return out
+        text_rows = np.flatnonzero(is_text)
+        # one render call for both sides: the renderer is vectorised over the batch
+        rendered = self.renderer.render_batch(
+            [batch.left[i] for i in text_rows] + list(batch.right)
+        )
+        left = np.empty((n, size, size, 3), np.uint8)
+        left[image_rows] = img
+        left[text_rows] = rendered[: len(text_rows)]
+        right = rendered[len(text_rows) :]
+        if self.pixel_format == "uint8":
+            out["left_uint8"], out["right_uint8"] = torch.from_numpy(left), torch.from_numpy(right)
+        else:
+            from clippo.render import to_pixels  # numpy: the fastest of the variants on CPU
+
+            out["left_pixels"] = torch.from_numpy(to_pixels(left))
+            out["right_pixels"] = torch.from_numpy(to_pixels(right))
+        return out
+
+
+def to_device(
+    batch: dict[str, Any], device: Any, renderer: Any = None, non_blocking: bool = False
+) -> dict[str, Any]:
+    """Add "left_pixels"/"right_pixels" float32 [B,3,H,W] on `device` (rendering there when the
+    batch was collated with render_on="device"; `renderer` is then required)."""
+    out = dict(batch)
+    out["is_text_pair"] = batch["is_text_pair"].to(device, non_blocking=non_blocking)
+    if "left_pixels" in batch:
+        out["left_pixels"] = batch["left_pixels"].to(device, non_blocking=non_blocking)
+        out["right_pixels"] = batch["right_pixels"].to(device, non_blocking=non_blocking)
+        return out
+    if "left_uint8" in batch:
+        out["left_pixels"] = _float_pixels(
+            batch["left_uint8"].to(device, non_blocking=non_blocking)
+        )
+        out["right_pixels"] = _float_pixels(
+            batch["right_uint8"].to(device, non_blocking=non_blocking)
+        )
+        return out
+    if renderer is None:
+        raise ValueError("batch was collated with render_on='device': pass the renderer")
+    n = len(batch["right_texts"])
+    size = renderer.config.image_size
+    left = torch.empty((n, 3, size, size), dtype=torch.float32, device=device)
+    rows = batch["image_rows"].to(device)
+    if len(rows):
+        left[rows] = _float_pixels(batch["left_images"].to(device, non_blocking=non_blocking))
+    text_rows = [i for i, t in enumerate(batch["left_texts"]) if t is not None]
+    if text_rows:
+        texts = [batch["left_texts"][i] for i in text_rows]
+        left[torch.tensor(text_rows, device=device)] = renderer.render_torch(texts, device=device)
+    out["left_pixels"] = left
+    out["right_pixels"] = renderer.render_torch(list(batch["right_texts"]), device=device)
+    return out
