@@ -50,11 +50,13 @@ def resize_bilinear_tf(image: np.ndarray, height: int, width: int) -> np.ndarray
         raise ValueError(f"expected an image [H, W, C], got shape {image.shape}")
     ylo, yhi, ylerp = _interp(image.shape[0], height)
     xlo, xhi, xlerp = _interp(image.shape[1], width)
-    a = image.astype(np.float32, copy=False)
-    top_rows, bottom_rows = a[ylo], a[yhi]  # [height, W, C]
+    # gather the four neighbours before converting to float32: only output-sized arrays are cast
+    top_rows, bottom_rows = image[ylo], image[yhi]  # [height, W, C]
+    tl, tr = top_rows[:, xlo].astype(np.float32), top_rows[:, xhi].astype(np.float32)
+    bl, br = bottom_rows[:, xlo].astype(np.float32), bottom_rows[:, xhi].astype(np.float32)
     xl = xlerp[None, :, None]
-    top = top_rows[:, xlo] + (top_rows[:, xhi] - top_rows[:, xlo]) * xl
-    bottom = bottom_rows[:, xlo] + (bottom_rows[:, xhi] - bottom_rows[:, xlo]) * xl
+    top = tl + (tr - tl) * xl
+    bottom = bl + (br - bl) * xl
     return top + (bottom - top) * ylerp[:, None, None]
 
 
