@@ -1,0 +1,66 @@
+"""`clippo train CONFIG.toml|PRESET [--set key.sub=value ...] [--resume auto|DIR]`: contrastive
+training. Presets: demo, coco-sanity, clippo-b16. Multi-GPU / multi-node: launch with torchrun."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+EXIT_PREEMPTED = 143  # 128 + SIGTERM: a checkpoint was written, resume with --resume auto
+
+
+def _run(args: argparse.Namespace) -> int:
+    from clippo.train_config import ConfigError, load_train_config
+
+    overrides = list(args.set or [])
+    if args.resume is not None:
+        overrides.append(f"checkpoint.resume={json.dumps(args.resume)}")
+    try:
+        cfg = load_train_config(args.config, overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
+
+    from clippo.train import NonFiniteLossError, train
+
+    try:
+        result = train(cfg)
+    except (ConfigError, NonFiniteLossError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    where = result.checkpoint or result.run_dir
+    if result.preempted:
+        print(f"stopped by SIGTERM at step {result.step}; checkpoint {where}", file=sys.stderr)
+        return EXIT_PREEMPTED
+    print(f"done: {result.step} steps; checkpoint {where}", file=sys.stderr)
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a CLIPPO model (contrastive, image/alt-text and text/text pairs)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", help="a TOML file or a preset name (demo, coco-sanity, clippo-b16)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set loop.steps=100 --set optim.lr=3e-4 (repeatable)",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="auto|DIR",
+        help="'auto': continue from the newest complete checkpoint of the run directory",
+    )
+    p.add_argument(
+        "--print-config", action="store_true", help="print the resolved config as JSON and exit"
+    )
+    p.set_defaults(func=_run)

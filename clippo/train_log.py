@@ -1,0 +1,190 @@
+"""Training logs: JSONL metrics, optional TensorBoard, a tqdm bar with pairs/s, loss-curve PNGs.
+
+Only rank 0 should build these; other ranks pass `enabled=False` and every call is a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Records of a metrics JSONL file; a torn last line (killed mid-write) is ignored."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:
+                break  # the writer was killed mid-line; everything before it is intact
+            raise ValueError(f"{path}: line {i + 1} is not JSON: {e}") from None
+    return records
+
+
+class MetricsLogger:
+    """Appends `{"step": s, **metrics}` lines to `<run_dir>/metrics.jsonl` (and TensorBoard).
+
+    `resume_step`: records after that step (written by a run that died before its next
+    checkpoint) are dropped so the file matches the resumed run exactly.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        *,
+        tensorboard: bool = True,
+        enabled: bool = True,
+        resume_step: int | None = None,
+    ) -> None:
+        self.enabled = enabled
+        self.path = Path(run_dir) / METRICS_FILE
+        self._file = None
+        self._tb = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            kept = read_metrics(self.path)
+            if resume_step is not None:
+                kept = [r for r in kept if int(r.get("step", 0)) <= resume_step]
+            else:
+                kept = []  # a fresh run owns the file
+            _atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional
+                SummaryWriter = None
+            if SummaryWriter is not None:
+                self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        if not self.enabled or self._file is None:
+            return
+        record = {"step": int(step)}
+        for k, v in metrics.items():
+            record[k] = _plain(v)
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    def __enter__(self) -> MetricsLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _plain(v: Any) -> Any:
+    """JSON-friendly scalars: tensors/numpy -> float; non-finite floats kept as strings."""
+    if hasattr(v, "item") and callable(v.item):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if isinstance(v, (int, float, str, bool)) or v is None:
+        return v
+    if isinstance(v, Mapping):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return str(v)
+
+
+class Progress:
+    """tqdm bar over optimiser steps showing loss and pairs/s; a no-op when disabled."""
+
+    def __init__(self, total: int, initial: int = 0, *, enabled: bool = True) -> None:
+        self._bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+    def update(self, loss: float, pairs_per_s: float) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix(loss=f"{loss:.4f}", pairs_s=f"{pairs_per_s:.1f}", refresh=False)
+            self._bar.update(1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def plot_curves(
+    records: Iterable[Mapping[str, Any]],
+    out_png: str | os.PathLike,
+    keys: Sequence[str] = ("loss",),
+    title: str = "training loss",
+) -> Path:
+    """Write a PNG of `keys` against step (atomically); records as from `read_metrics`."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    records = list(records)
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    for key in keys:
+        pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, label=key)
+    ax.set_xlabel("step")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if len(keys) > 1:
+        ax.legend()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def plot_loss_curve(run_dir: str | os.PathLike, out_png: str | os.PathLike | None = None) -> Path:
+    """`<run_dir>/loss.png` from `<run_dir>/metrics.jsonl`."""
+    run_dir = Path(run_dir)
+    out = Path(out_png) if out_png is not None else run_dir / "loss.png"
+    return plot_curves(read_metrics(run_dir / METRICS_FILE), out)

@@ -1,0 +1,178 @@
+"""TrainConfig: TOML loading, `--set` overrides with type checks, presets, round trips."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from clippo.train_config import (
+    PRESETS,
+    ConfigError,
+    TrainConfig,
+    apply_overrides,
+    config_from_dict,
+    load_train_config,
+    preset,
+)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_resolve_and_round_trip(name):
+    cfg = load_train_config(name)
+    assert isinstance(cfg, TrainConfig)
+    # the saved form (JSON) gives back the same config
+    again = config_from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_sources_name_known_kinds(name):
+    from clippo.data.mixer import SOURCE_KINDS
+    from clippo.train_data import SYNTHETIC_KINDS
+
+    cfg = preset(name)
+    for src in (*cfg.data.image_text, *cfg.data.text_pairs):
+        assert src.kind in (*SOURCE_KINDS, *SYNTHETIC_KINDS), src
+
+
+def test_paper_preset_matches_reference_recipe():
+    cfg = preset("clippo-b16")
+    assert cfg.loop.batch_size == 10_240 and cfg.loop.steps == 250_000
+    assert cfg.optim.name == "adafactor" and cfg.optim.lr == 1e-3 and cfg.optim.wd == 1e-4
+    assert cfg.loop.clip_grad_norm == 1.0
+    s = cfg.schedule
+    assert (s.kind, s.warmup_steps, s.cooldown_steps, s.timescale) == (
+        "rsqrt",
+        10_000,
+        10_000,
+        10_000,
+    )
+    coco = preset("coco-sanity")
+    assert (coco.loop.batch_size, coco.loop.steps, coco.optim.lr, coco.optim.wd) == (
+        4000,
+        400,
+        1e-4,
+        3e-4,
+    )
+    assert coco.model.init_from.endswith(".npz")
+    assert (coco.schedule.warmup_steps, coco.schedule.cooldown_steps) == (100, 100)
+
+
+def test_set_overrides_are_typed():
+    cfg = load_train_config(
+        "demo",
+        [
+            "loop.steps=10",
+            "optim.lr=3e-4",
+            "optim.lr=2e-4",  # later wins
+            "loop.precision=fp32",  # bare word for a Literal[str] field
+            "optim.betas=[0.9, 0.95]",
+            "model.out_dim=32",
+            "model.init_from=123",  # a str field keeps digits as a string
+            "data.image_text.0.path=/x/y",
+            "data.image_text.0.options.split='heldout'",
+            "logging.tensorboard=false",
+            "schedule.warmup_steps=2",
+        ],
+    )
+    assert cfg.loop.steps == 10 and cfg.optim.lr == 2e-4 and cfg.loop.precision == "fp32"
+    assert cfg.optim.betas == (0.9, 0.95) and cfg.model.out_dim == 32
+    assert cfg.model.init_from == "123" and cfg.data.image_text[0].path == "/x/y"
+    assert cfg.data.image_text[0].options["split"] == "heldout"
+    assert cfg.logging.tensorboard is False
+    assert isinstance(load_train_config("demo", ["optim.lr=1"]).optim.lr, float)  # int -> float
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("loop.stepz=1", "loop.stepz"),
+        ("lop.steps=1", "lop"),
+        ("loop.steps=abc", "loop.steps: expected an integer"),
+        ("loop.steps=1.5", "loop.steps: expected an integer"),
+        ("loop.steps=true", "loop.steps: expected an integer"),
+        ("optim.lr=fast", "optim.lr: expected a number"),
+        ("loop.precision=fp16", "loop.precision: expected one of"),
+        ("logging.progress=1", "logging.progress: expected true or false"),
+        ("optim.betas=[0.9]", "optim.betas: expected 2 values"),
+        ("loop.steps.deep=1", "'loop.steps' has no sub-keys"),
+        ("data.image_text.5.path=x", "data.image_text.5"),
+        ("loop.steps", "expected key.sub=value"),
+        ("optim.name=sgd", "sgd"),
+        ("loop.batch_size=0", "loop.batch_size must be > 0"),
+        ("loop.accum_steps=3", "not divisible by loop.accum_steps"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=None) as info:
+        load_train_config("demo", [override])
+    assert message in str(info.value)
+
+
+def test_toml_file_with_preset_base(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text(
+        'preset = "demo"\n\n[loop]\nsteps = 200\nbatch_size = 32\n\n[optim]\nlr = 1e-4\n'
+        '[[data.image_text]]\nkind = "csv"\npath = "pairs.csv"\nweight = 2\n',
+        encoding="utf-8",
+    )
+    cfg = load_train_config(path, ["loop.seed=7"])
+    base = preset("demo")
+    assert (cfg.loop.steps, cfg.loop.batch_size, cfg.loop.seed) == (200, 32, 7)
+    assert cfg.optim.lr == 1e-4 and cfg.optim.name == base.optim.name  # untouched keys kept
+    assert cfg.model == base.model
+    # a TOML array of tables replaces the preset's list
+    assert [(s.kind, s.path, s.weight) for s in cfg.data.image_text] == [("csv", "pairs.csv", 2.0)]
+
+
+def test_toml_unknown_key_names_file_and_key(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[loop]\nsteps = 5\nlearning_rate = 1.0\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_train_config(path)
+    assert "bad.toml" in str(info.value) and "loop.learning_rate" in str(info.value)
+    path.write_text("[loops]\nsteps = 5\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="'loops'"):
+        load_train_config(path)
+    path.write_text('[loop]\nsteps = "many"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="loop.steps: expected an integer"):
+        load_train_config(path)
+    path.write_text("[loop\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="bad.toml"):
+        load_train_config(path)
+
+
+def test_unknown_source_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="neither a preset"):
+        load_train_config(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match="unknown preset"):
+        preset("nope")
+
+
+def test_apply_overrides_leaves_input_untouched():
+    d = preset("demo").to_dict()
+    before = json.dumps(d, sort_keys=True)
+    out = apply_overrides(d, ["loop.steps=3"])
+    assert out["loop"]["steps"] == 3 and json.dumps(d, sort_keys=True) == before
+
+
+def test_cli_print_config_and_errors():
+    cmd = [
+        sys.executable,
+        "-m",
+        "clippo",
+        "train",
+        "demo",
+        "--print-config",
+        "--set",
+        "loop.steps=70",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["loop"]["steps"] == 70
+    bad = subprocess.run(cmd[:-1] + ["loop.stepz=70"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "loop.stepz" in bad.stderr
+    resumed = subprocess.run(cmd + ["--resume", "auto"], capture_output=True, text=True, check=True)
+    assert json.loads(resumed.stdout)["checkpoint"]["resume"] == "auto"
