@@ -6,19 +6,13 @@ atomic rename (`NAME.tmp` -> `NAME`): a shard that exists is finished and skippe
 leftover `.tmp` is simply rewritten. Bad rows (null, non-string, bad UTF-8, missing column) are
 skipped and reported by row number; they never stop the run.
 
-Tar members per row, KEY = the global row number zero-padded to KEY_DIGITS:
-  KEY.png  8-bit greyscale PNG (the renderer's three channels are identical; channel 0 is stored)
-  KEY.txt  the text, UTF-8
-  KEY.json {"row": int, "kind": "rendered-text", "render": RenderConfig.to_dict()}
-Parquet shards hold columns row (int64), text (string), image (PNG bytes) and carry the same
-settings as JSON in the schema metadata key b"clippo".
+The shard file formats are described in `clippo.render.shards`.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import functools
-import io
 import json
 import multiprocessing
 import os
@@ -29,13 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from clippo.render import RenderConfig, UnifontRenderer
-from clippo.render.corpus_io import BadRow, CorpusSource, open_reader, shard_path
-from PIL import Image
 from tqdm import tqdm
 
-KIND = "rendered-text"
-KEY_DIGITS = 10
+from clippo.render import RenderConfig, UnifontRenderer
+from clippo.render.corpus_io import BadRow, CorpusSource, open_reader, shard_path
+from clippo.render.shards import KEY_DIGITS, KIND, WRITERS, encode_png, write_json_atomic
+
 OUTPUT_FORMATS = ("tar", "parquet")
 
 
@@ -154,105 +147,11 @@ class _ShardResult:
     skipped: list[SkippedRow]
 
 
-def _ustar_header(name: str, size: int) -> bytes:
-    """A POSIX ustar header for a regular file with fixed owner/mode/mtime (reproducible bytes).
-
-    Written by hand because tarfile's generic header code costs about as much as the PNG encoding
-    of a caption.
-    """
-    raw = name.encode("utf-8")
-    if len(raw) > 100:
-        raise ValueError(f"tar member name too long for ustar: {name!r}")
-    header = bytearray(512)
-    header[0 : len(raw)] = raw
-    header[100:108] = b"0000644\0"  # mode
-    header[108:116] = b"0000000\0"  # uid
-    header[116:124] = b"0000000\0"  # gid
-    header[124:136] = b"%011o\0" % size
-    header[136:148] = b"00000000000\0"  # mtime 0
-    header[148:156] = b" " * 8  # checksum counts itself as spaces
-    header[156:157] = b"0"  # regular file
-    header[257:265] = b"ustar\x0000"
-    header[148:156] = b"%06o\0 " % sum(header)
-    return bytes(header)
-
-
-class _TarShard:
-    """Webdataset tar (ustar), members in row order, reproducible bytes for the same input."""
-
-    def __init__(self, path: str, render: RenderConfig) -> None:
-        # closed by finish() or abort(): the file stays open across add() calls
-        self._file = open(path, "wb")  # noqa: SIM115
-        self._render = render.to_dict()
-
-    def _add(self, name: str, data: bytes) -> None:
-        self._file.write(_ustar_header(name, len(data)))
-        self._file.write(data)
-        self._file.write(bytes(-len(data) % 512))
-
-    def add(self, row: int, text: str, png: bytes) -> None:
-        key = f"{row:0{KEY_DIGITS}d}"
-        meta = {"row": row, "kind": KIND, "render": self._render}
-        self._add(f"{key}.png", png)
-        self._add(f"{key}.txt", text.encode("utf-8"))
-        self._add(f"{key}.json", json.dumps(meta, sort_keys=True).encode("utf-8"))
-
-    def abort(self) -> None:
-        self._file.close()
-
-    def finish(self) -> None:
-        # End of archive: two zero blocks, padded to tar's 10 KiB record size like tarfile does.
-        self._file.write(bytes(1024 + (-(self._file.tell() + 1024) % 10240)))
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-
-
-class _ParquetShard:
-    """Parquet with columns row, text, image (PNG bytes); settings in the schema metadata."""
-
-    def __init__(self, path: str, render: RenderConfig) -> None:
-        self.path, self.render = path, render
-        self.rows: list[int] = []
-        self.texts: list[str] = []
-        self.images: list[bytes] = []
-
-    def add(self, row: int, text: str, png: bytes) -> None:
-        self.rows.append(row)
-        self.texts.append(text)
-        self.images.append(png)
-
-    def abort(self) -> None:
-        pass
-
-    def finish(self) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        meta = {"kind": KIND, "render": self.render.to_dict()}
-        schema = pa.schema(
-            [("row", pa.int64()), ("text", pa.string()), ("image", pa.binary())],
-            metadata={"clippo": json.dumps(meta, sort_keys=True)},
-        )
-        table = pa.table([self.rows, self.texts, self.images], schema=schema)
-        pq.write_table(table, self.path)
-
-
-_WRITERS = {"tar": _TarShard, "parquet": _ParquetShard}
-
-
 @functools.lru_cache(maxsize=4)
 def _renderer(config: RenderConfig) -> UnifontRenderer:
     # One renderer per process and config: its ink table takes ~0.2 s to build, once per shard
     # would dominate small shards.
     return UnifontRenderer.from_config(config)
-
-
-def encode_png(gray: np.ndarray, compress_level: int = 6) -> bytes:
-    """np.uint8 [H, W] -> 8-bit greyscale PNG bytes."""
-    buf = io.BytesIO()
-    Image.fromarray(gray).save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()
 
 
 def _render_rows(renderer: UnifontRenderer, texts: Sequence[str]) -> list[np.ndarray | str]:
@@ -276,7 +175,7 @@ def _write_shard(task: _ShardTask, on_rows: Callable[[int], None] | None = None)
     """Render one shard into `path.tmp`, then rename it to `path` (the shard is then finished)."""
     renderer = _renderer(task.render)
     tmp = task.path + ".tmp"
-    writer = _WRITERS[task.options.output_format](tmp, task.render)
+    writer = WRITERS[task.options.output_format](tmp, task.render)
     written, skipped = 0, []
     try:
         bs = task.options.batch_size
@@ -319,14 +218,6 @@ def _check_manifest(render: RenderConfig, options: ShardOptions) -> None:
             )
         return
     write_json_atomic(manifest, path)
-
-
-def write_json_atomic(obj: Any, path: str | os.PathLike[str]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def render_corpus(

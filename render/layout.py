@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from clippo.render.unifont import UnifontRenderer
 from PIL import Image
+
+from clippo.render.unifont import UnifontRenderer
 
 
 def render_pair(renderer: UnifontRenderer, a: str | bytes, b: str | bytes) -> np.ndarray:

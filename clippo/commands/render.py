@@ -123,14 +123,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from clippo.render.corpus import (
-        CorpusSource,
-        ShardOptions,
-        preview_texts,
-        render_corpus,
-        write_json_atomic,
-    )
+    from clippo.render.corpus import CorpusSource, ShardOptions, preview_texts, render_corpus
     from clippo.render.preview import write_preview
+    from clippo.render.shards import write_json_atomic
 
     if args.output_dir is None and args.preview is None:
         print("clippo render: give OUTPUT_DIR, --preview N PNG, or both", file=sys.stderr)

@@ -12,21 +12,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
+from clippo.cli import main
 from clippo.render import RenderConfig, UnifontRenderer
 from clippo.render.corpus import (
-    KEY_DIGITS,
     CorpusSource,
     ShardOptions,
     _render_rows,
-    _ustar_header,
     preview_texts,
     render_corpus,
 )
 from clippo.render.corpus_io import BadRow, coerce_text, open_reader
 from clippo.render.preview import image_grid
-from PIL import Image
-
-from clippo.cli import main
+from clippo.render.shards import KEY_DIGITS, _ustar_header
 
 CFG = RenderConfig(image_size=32)
 TEXTS = [

@@ -1,0 +1,128 @@
+"""Shard writers for `clippo render`: webdataset tar and parquet, plus PNG and atomic JSON helpers.
+
+Tar members per row, KEY = the global row number zero-padded to KEY_DIGITS:
+  KEY.png  8-bit greyscale PNG (the renderer's three channels are identical; channel 0 is stored)
+  KEY.txt  the text, UTF-8
+  KEY.json {"row": int, "kind": "rendered-text", "render": RenderConfig.to_dict()}
+Parquet shards hold columns row (int64), text (string), image (PNG bytes) and carry the same
+settings as JSON in the schema metadata key b"clippo". A writer fills one file; the caller
+renames it into place once `finish()` returns.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from clippo.render import RenderConfig
+
+KIND = "rendered-text"
+KEY_DIGITS = 10
+
+
+def _ustar_header(name: str, size: int) -> bytes:
+    """A POSIX ustar header for a regular file with fixed owner/mode/mtime (reproducible bytes).
+
+    Written by hand because tarfile's generic header code costs about as much as the PNG encoding
+    of a caption.
+    """
+    raw = name.encode("utf-8")
+    if len(raw) > 100:
+        raise ValueError(f"tar member name too long for ustar: {name!r}")
+    header = bytearray(512)
+    header[0 : len(raw)] = raw
+    header[100:108] = b"0000644\0"  # mode
+    header[108:116] = b"0000000\0"  # uid
+    header[116:124] = b"0000000\0"  # gid
+    header[124:136] = b"%011o\0" % size
+    header[136:148] = b"00000000000\0"  # mtime 0
+    header[148:156] = b" " * 8  # checksum counts itself as spaces
+    header[156:157] = b"0"  # regular file
+    header[257:265] = b"ustar\x0000"
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header)
+
+
+class _TarShard:
+    """Webdataset tar (ustar), members in row order, reproducible bytes for the same input."""
+
+    def __init__(self, path: str, render: RenderConfig) -> None:
+        # closed by finish() or abort(): the file stays open across add() calls
+        self._file = open(path, "wb")  # noqa: SIM115
+        self._render = render.to_dict()
+
+    def _add(self, name: str, data: bytes) -> None:
+        self._file.write(_ustar_header(name, len(data)))
+        self._file.write(data)
+        self._file.write(bytes(-len(data) % 512))
+
+    def add(self, row: int, text: str, png: bytes) -> None:
+        key = f"{row:0{KEY_DIGITS}d}"
+        meta = {"row": row, "kind": KIND, "render": self._render}
+        self._add(f"{key}.png", png)
+        self._add(f"{key}.txt", text.encode("utf-8"))
+        self._add(f"{key}.json", json.dumps(meta, sort_keys=True).encode("utf-8"))
+
+    def abort(self) -> None:
+        self._file.close()
+
+    def finish(self) -> None:
+        # End of archive: two zero blocks, padded to tar's 10 KiB record size like tarfile does.
+        self._file.write(bytes(1024 + (-(self._file.tell() + 1024) % 10240)))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+
+class _ParquetShard:
+    """Parquet with columns row, text, image (PNG bytes); settings in the schema metadata."""
+
+    def __init__(self, path: str, render: RenderConfig) -> None:
+        self.path, self.render = path, render
+        self.rows: list[int] = []
+        self.texts: list[str] = []
+        self.images: list[bytes] = []
+
+    def add(self, row: int, text: str, png: bytes) -> None:
+        self.rows.append(row)
+        self.texts.append(text)
+        self.images.append(png)
+
+    def abort(self) -> None:
+        pass
+
+    def finish(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        meta = {"kind": KIND, "render": self.render.to_dict()}
+        schema = pa.schema(
+            [("row", pa.int64()), ("text", pa.string()), ("image", pa.binary())],
+            metadata={"clippo": json.dumps(meta, sort_keys=True)},
+        )
+        table = pa.table([self.rows, self.texts, self.images], schema=schema)
+        pq.write_table(table, self.path)
+
+
+# ShardOptions.output_format -> writer: add(row, text, png) per row, then finish() or abort()
+WRITERS = {"tar": _TarShard, "parquet": _ParquetShard}
+
+
+def encode_png(gray: np.ndarray, compress_level: int = 6) -> bytes:
+    """np.uint8 [H, W] -> 8-bit greyscale PNG bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(gray).save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def write_json_atomic(obj: Any, path: str | os.PathLike[str]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
