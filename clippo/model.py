@@ -120,10 +120,18 @@ class CLIPPO(nn.Module):
 
     # ---- towers -------------------------------------------------------------------------------
 
-    def _tower(self, pixels: Tensor, prefix: str, out: dict[str, Tensor] | None) -> Tensor:
-        """pixels [B,3,H,W] -> normalised embedding [B,D]; fills `out` with named intermediates."""
-        encoded = self.vit.forward_features(pixels)  # [B, N, W], after encoder_norm
-        pre_logits = self.vit.forward_head(encoded, pre_logits=True)  # [B, W], pooled
+    def _tower(
+        self, pixels: Tensor, prefix: str, out: dict[str, Tensor] | None, ink: Tensor | None = None
+    ) -> Tensor:
+        """pixels [B,3,H,W] -> normalised embedding [B,D]; fills `out` with named intermediates.
+
+        With `ink` (bool [B, H/p, W/p]) only the marked patches become tokens (see `_encode_ink`).
+        """
+        if ink is None:
+            encoded = self.vit.forward_features(pixels)  # [B, N, W], after encoder_norm
+            pre_logits = self.vit.forward_head(encoded, pre_logits=True)  # [B, W], pooled
+        else:
+            encoded, pre_logits = self._encode_ink(pixels, ink)
         logits = self.head(pre_logits)  # [B, D]
         norm = torch.linalg.vector_norm(logits, dim=-1, keepdim=True)  # [B, 1]
         z = logits / (norm + NORM_EPS)
@@ -136,9 +144,42 @@ class CLIPPO(nn.Module):
             out[f"{prefix}/normalized"] = z
         return z
 
-    def encode(self, pixels: Tensor) -> Tensor:
-        """Float pixels [B,3,H,W] in [-1,1] (photos or rendered text) -> [B,D] unit vectors."""
-        return self._tower(pixels, "img", None)
+    def _encode_ink(self, pixels: Tensor, ink: Tensor) -> tuple[Tensor, Tensor]:
+        """Ink-only tokens: drop blank patches, keeping each kept patch's position embedding.
+
+        pixels [B,3,H,W], ink bool [B,h,w] -> (encoded [B,L,W] left-packed, padded to the longest
+        sample's L kept tokens, pooled [B,W]). Padding is masked out of every attention, so a
+        sample's embedding does not depend on the rest of the batch. A sample with no ink keeps
+        its first patch, so that there is something to attend to.
+        """
+        vit = self.vit
+        if vit.attn_pool is None:
+            raise ValueError("ink-only encoding needs MAP pooling (pool_type='map')")
+        x = vit.norm_pre(vit._pos_embed(vit.patch_embed(pixels)))  # [B, N, W]
+        keep = ink.reshape(ink.shape[0], -1).to(x.device, torch.bool).clone()
+        if keep.shape[1] != x.shape[1]:
+            raise ValueError(f"ink mask has {keep.shape[1]} patches, the model makes {x.shape[1]}")
+        keep[keep.sum(1) == 0, 0] = True
+        counts = keep.sum(1)
+        length = int(counts.max())
+        order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :length]  # kept first
+        x = x.gather(1, order[..., None].expand(-1, -1, x.shape[-1]))
+        valid = torch.arange(length, device=x.device)[None] < counts[:, None]  # [B, L]
+        # an additive mask: timm's non-fused attention adds the mask to the scores
+        mask = torch.zeros(valid.shape, dtype=x.dtype, device=x.device)
+        mask = mask.masked_fill(~valid, float("-inf"))[:, None, None, :]  # [B, 1, 1, L]
+        for block in vit.blocks:
+            x = block(x, attn_mask=mask)
+        x = vit.norm(x)
+        return x, vit.attn_pool(x, attn_mask=mask)
+
+    def encode(self, pixels: Tensor, ink: Tensor | None = None) -> Tensor:
+        """Float pixels [B,3,H,W] in [-1,1] (photos or rendered text) -> [B,D] unit vectors.
+
+        `ink` (bool [B, H/p, W/p], e.g. from `render_torch(..., return_ink=True)`) opts into the
+        ink-only mode: blank patches of rendered text are dropped from the sequence.
+        """
+        return self._tower(pixels, "img", None, ink)
 
     def encode_images(self, pixels: Tensor) -> Tensor:
         """Same tower as `encode`, named for readability."""
@@ -157,17 +198,24 @@ class CLIPPO(nn.Module):
         """texts -> float pixels [B,3,H,W] in [-1,1], made on the model's device."""
         return self.renderer.render_torch(list(texts), device=self.t.device)
 
-    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> Tensor:
-        """Render with the model's renderer, then encode: list of B strings -> [B,D]."""
+    def encode_texts(
+        self, texts: Sequence[str], batch_size: int = 256, ink_only: bool = False
+    ) -> Tensor:
+        """Render with the model's renderer, then encode: list of B strings -> [B,D].
+
+        `ink_only=True` encodes only the patches with ink (cheaper for short texts).
+        """
         if isinstance(texts, str | bytes):
             raise TypeError("encode_texts takes a list of strings, not a single string")
         texts = list(texts)
         if not texts:
             return torch.empty(0, self.config.out_dim, device=self.t.device)
-        chunks = [
-            self.encode(self.render_texts(texts[i : i + batch_size]).to(self.t.dtype))
-            for i in range(0, len(texts), batch_size)
-        ]
+        chunks = []
+        for i in range(0, len(texts), batch_size):
+            pixels, ink = self.renderer.render_torch(
+                texts[i : i + batch_size], device=self.t.device, return_ink=True
+            )
+            chunks.append(self.encode(pixels.to(self.t.dtype), ink if ink_only else None))
         return torch.cat(chunks)
 
     @property
