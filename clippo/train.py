@@ -30,7 +30,8 @@ from torch import Tensor, nn
 from clippo import distributed as cdist
 from clippo.loss import ContrastiveLoss
 from clippo.model import CLIPPO
-from clippo.optim import build_optimizer, build_schedule, set_lr
+from clippo.optim import build_optimizer, set_lr
+from clippo.schedule import build_schedule
 from clippo.train_config import ConfigError, ModelSection, TrainConfig
 from clippo.train_data import TrainData, batch_pixels
 from clippo.train_log import METRICS_FILE, MetricsLogger, Progress, plot_loss_curve

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from clippo.optim import OptimConfig, ScheduleConfig
+from clippo.optim import OptimConfig
+from clippo.schedule import ScheduleConfig
 
 try:
     import tomllib
@@ -32,7 +33,6 @@ __all__ = [
     "DataConfig",
     "ModelSection",
     "OptimConfig",  # re-exported from clippo.optim
-    "ScheduleConfig",  # re-exported from clippo.optim
     "LoopConfig",
     "CheckpointConfig",
     "LoggingConfig",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -31,10 +32,16 @@ def test_clippo_init_is_lazy():
 
 @pytest.mark.slow
 def test_wheel_installs_and_imports_outside_repo(tmp_path):
-    wheels, site = tmp_path / "wheels", tmp_path / "site"
+    wheels, site, src = tmp_path / "wheels", tmp_path / "site", tmp_path / "src"
+    # build from a copy: an in-tree build would leave build/ and *.egg-info in the checkout
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, src / name)
+    for name in ("clippo", "render", "eval", "fonts"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(wheels), str(ROOT)],
+         "-w", str(wheels), str(src)],
         check=True, capture_output=True,
     )  # fmt: skip
     (wheel,) = wheels.glob("clippo-*.whl")

@@ -15,13 +15,12 @@ from torch import nn
 from clippo.optim import (
     Adafactor,
     OptimConfig,
-    ScheduleConfig,
     build_optimizer,
-    build_schedule,
     decayed_parameter_names,
     param_groups,
     set_lr,
 )
+from clippo.schedule import ScheduleConfig, build_schedule
 
 # ---------------------------------------------------------------- schedules
 
