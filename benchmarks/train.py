@@ -34,7 +34,7 @@ from clippo.config import ModelConfig
 from clippo.data import synthetic
 from clippo.data.collate import PairCollate
 from clippo.data.images import decode_image
-from clippo.data.mixer import ImageTextPair, TextPair
+from clippo.data.sources import ImageTextPair, TextPair
 from clippo.preprocess import resize_uint8
 from clippo.render import UnifontRenderer
 from clippo.train import Trainer

@@ -14,7 +14,9 @@ from typing import Any
 import torch
 
 from clippo.data.collate import PairCollate, to_device
-from clippo.data.mixer import BatchMixer, MapSource, MixerConfig, ShardedSource, build_source
+from clippo.data.mixer import BatchMixer, MixerConfig
+from clippo.data.registry import build_source
+from clippo.data.sources import MapSource, ShardedSource
 from clippo.train_config import ConfigError, DataConfig, SourceConfig
 
 SYNTHETIC_KINDS = ("synthetic", "synthetic_paraphrase")  # clippo.data.synthetic (demo corpus)

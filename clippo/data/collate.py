@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from clippo.data.mixer import BatchMixer, ImageTextPair, MixedBatch, TextPair
+from clippo.data.mixer import BatchMixer, MixedBatch
+from clippo.data.sources import ImageTextPair, TextPair
 
 __all__ = ["MixerDataset", "PairCollate", "to_device", "as_mixed_batch"]
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from clippo.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
-from clippo.data.mixer import ImageTextPair, RandomAccessSource, ShardedSource, SkipSample
+from clippo.data.sources import ImageTextPair, RandomAccessSource, ShardedSource, SkipSample
 
 __all__ = [
     "ImagePrep",

@@ -1,20 +1,4 @@
-"""Pair sources and the batch mixer: every batch is a pure function of (seed, step).
-
-Sources come in two shapes (both yield `ImageTextPair` or `TextPair` samples):
-- `RandomAccessSource` (`__len__` + `load(index, item_seed)`): CSV, `datasets` dirs, pair files,
-  or any map-style dataset whose `__getitem__` returns `(image, text)` / `(text, text)` (wrapped
-  by `MapSource`). Its stream for rank r of R is the per-epoch permutation of its indices, every
-  R-th position: independent of the number of DataLoader workers.
-- `ShardedSource` (units such as tar shards, parquet row groups or corpus files, read one at a
-  time): rank r / worker v reads partition `r * W + v` of `R * W` (whole units round-robin;
-  when there are fewer units than partitions, every partition reads all units and keeps every
-  P-th record). Unit order and the record order inside a unit are reshuffled every epoch from
-  the seed. Its order therefore depends on `num_workers` W; the set of samples per epoch does not.
-
-Bad samples (a source raises `SkipSample`) are counted in `SkipStats` and replaced without
-changing any position, so the stream stays a pure function of the seed: a random-access source
-substitutes a seeded random other index, a sharded source the next good record of the same
-stream (a duplicate). Only a source that fails `max_bad_in_a_row` times in a row stops the run.
+"""The batch mixer: every batch is a pure function of (seed, step). Sources: `clippo.data.sources`.
 
 Batch composition for step b (rounding): with f = text_pair_fraction and B = batch_size, batch b
 holds `floor((b+1)*f*B) - floor(b*f*B)` text/text pairs, computed with exact fractions: exactly
@@ -33,313 +17,24 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import logging
-import zlib
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
-__all__ = [
-    "ImageTextPair",
-    "TextPair",
-    "SkipSample",
-    "SkipStats",
-    "RandomAccessSource",
-    "ShardedSource",
-    "MapSource",
-    "MixerConfig",
-    "MixedBatch",
-    "BatchMixer",
-    "SOURCE_KINDS",
-    "build_source",
-]
+from clippo.data.sources import (
+    MapSource,
+    RandomAccessSource,
+    RandomAccessStream,
+    ShardedSource,
+    SkipStats,
+    seeded_rng,
+    sharded_stream,
+)
 
-log = logging.getLogger(__name__)
-
-
-class ImageTextPair(NamedTuple):
-    image: Any  # np.uint8 [H, W, 3] (resized by the source) or a PIL image
-    text: str
-    key: str
-
-
-class TextPair(NamedTuple):
-    text_a: str
-    text_b: str
-    key: str
-
-
-Sample = ImageTextPair | TextPair
-
-
-class SkipSample(Exception):
-    """Raised by a source for a sample it cannot use; `kind` is a short stable key for counting."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-
-    def __reduce__(self):
-        return (type(self), (self.kind, self.message))
-
-
-class SkipStats:
-    """Skipped-sample counts keyed "source/kind", plus the first few messages of each key.
-
-    Workers count into their own object and hand the new counts to the trainer with every batch
-    (`MixedBatch.skipped`); the trainer merges them with `update()` and logs `counts`/`summary()`.
-    """
-
-    def __init__(self, max_examples: int = 3) -> None:
-        self.counts: dict[str, int] = {}
-        self.examples: dict[str, list[str]] = {}
-        self._max_examples = max_examples
-        self._delta: dict[str, int] = {}
-
-    def add(self, source: str, kind: str, message: str) -> None:
-        key = f"{source}/{kind}"
-        self.counts[key] = self.counts.get(key, 0) + 1
-        self._delta[key] = self._delta.get(key, 0) + 1
-        examples = self.examples.setdefault(key, [])
-        if len(examples) < self._max_examples:
-            examples.append(message)
-            log.warning("skipped sample (%s): %s", key, message)
-
-    def update(self, counts: Mapping[str, int]) -> None:
-        """Merge counts from elsewhere (a batch's `skipped`, another worker's `counts`)."""
-        for key, n in counts.items():
-            self.counts[key] = self.counts.get(key, 0) + int(n)
-
-    def pop_delta(self) -> dict[str, int]:
-        """Counts added since the last call (what a worker attaches to the batch it just made)."""
-        delta, self._delta = self._delta, {}
-        return delta
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    def summary(self) -> str:
-        if not self.counts:
-            return "no samples skipped"
-        return ", ".join(f"{k}: {n}" for k, n in sorted(self.counts.items()))
-
-
-def _seed(*parts: int | str) -> np.random.SeedSequence:
-    """A SeedSequence from ints and strings (strings hashed with crc32: stable across runs)."""
-    ints = [zlib.crc32(p.encode()) if isinstance(p, str) else int(p) for p in parts]
-    if any(i < 0 for i in ints):
-        raise ValueError(f"seed parts must be non-negative, got {parts}")
-    return np.random.SeedSequence(ints)
-
-
-def _rng(*parts: int | str) -> np.random.Generator:
-    return np.random.default_rng(_seed(*parts))
-
-
-def _item_seed(*parts: int | str) -> int:
-    return int(_seed(*parts).generate_state(1, np.uint64)[0])
-
-
-# ---- random-access sources ---------------------------------------------------------------------
-
-
-class RandomAccessSource(ABC):
-    """A source with `len()` and `load(index, item_seed)`; `load` raises `SkipSample` for bad items.
-
-    `item_seed` is a per-position seed for any randomness in making the sample (word dropout),
-    so the sample is a pure function of (seed, position). `shuffle=False` keeps file order.
-    """
-
-    name: str = "random_access"
-    shuffle: bool = True
-
-    @abstractmethod
-    def __len__(self) -> int: ...
-
-    @abstractmethod
-    def load(self, index: int, item_seed: int) -> Sample: ...
-
-
-class MapSource(RandomAccessSource):
-    """Wraps a map-style dataset whose `ds[i]` is `(image, text)` or `(text, text)`."""
-
-    def __init__(self, dataset: Any, name: str = "map", shuffle: bool = True) -> None:
-        self.dataset = dataset
-        self.name = name
-        self.shuffle = shuffle
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def load(self, index: int, item_seed: int) -> Sample:
-        a, b = self.dataset[index][:2]
-        key = f"{index}"
-        if isinstance(a, str):
-            return TextPair(a, b, key)
-        return ImageTextPair(a, b, key)
-
-
-class _RandomAccessStream:
-    """Position -> sample for one rank's view of a random-access source (caches one permutation)."""
-
-    def __init__(self, source, label, part, num_parts, seed, stats, max_bad_in_a_row):
-        self.source, self.label, self.stats = source, label, stats
-        self.part, self.num_parts, self.seed = part, num_parts, seed
-        self.max_bad = max_bad_in_a_row
-        self.n = len(source)
-        if self.n == 0:
-            raise ValueError(f"source {label!r} is empty")
-        self._perm_epoch = -1
-        self._perm: np.ndarray | None = None
-
-    def _index(self, g: int) -> int:
-        epoch, offset = divmod(g, self.n)
-        if not self.source.shuffle:
-            return offset
-        if epoch != self._perm_epoch:
-            self._perm = _rng(self.seed, self.label, "epoch", epoch).permutation(self.n)
-            self._perm_epoch = epoch
-        return int(self._perm[offset])
-
-    def item(self, position: int) -> Sample:
-        g = position * self.num_parts + self.part
-        index = self._index(g)
-        for attempt in range(self.max_bad + 1):
-            try:
-                return self.source.load(index, _item_seed(self.seed, self.label, g, attempt))
-            except SkipSample as e:
-                self.stats.add(self.label, e.kind, e.message)
-            index = int(_rng(self.seed, self.label, "substitute", g, attempt).integers(self.n))
-        raise RuntimeError(
-            f"source {self.label!r}: {self.max_bad + 1} bad samples in a row at position {position};"
-            f" skipped so far: {self.stats.summary()}"
-        )
-
-
-# ---- sharded (streamed) sources ----------------------------------------------------------------
-
-
-class ShardedSource(ABC):
-    """A source read unit by unit (a tar shard, a parquet row group, a corpus file).
-
-    Subclasses give the number of units, each unit's record count (may read the unit; cached by
-    the subclass), `read_unit(u)` -> a sequence of raw records (`__len__`, `__getitem__`,
-    optional `close()` and `problems`: list of (kind, message) found while reading it), and
-    `decode(record, item_seed)` -> sample, raising `SkipSample`.
-    """
-
-    name: str = "sharded"
-    shuffle: bool = True
-
-    @abstractmethod
-    def num_units(self) -> int: ...
-
-    @abstractmethod
-    def unit_length(self, unit: int) -> int: ...
-
-    @abstractmethod
-    def read_unit(self, unit: int) -> Sequence[Any]: ...
-
-    @abstractmethod
-    def decode(self, record: Any, item_seed: int) -> Sample: ...
-
-
-def _partition_units(num_units: int, part: int, num_parts: int) -> tuple[list[int], int, int]:
-    """(units this partition reads, record stride, record offset)."""
-    if num_units >= num_parts:
-        return list(range(part, num_units, num_parts)), 1, 0
-    return list(range(num_units)), num_parts, part
-
-
-def _sharded_records(source: ShardedSource, label, part, num_parts, seed, start, stats):
-    """Raw records (position, record) of one partition's infinite stream, from `start`.
-
-    Unit lengths are asked for only while skipping (resuming); a fresh stream just reads."""
-    units, stride, offset = _partition_units(source.num_units(), part, num_parts)
-    lengths: dict[int, int] = {}
-    per_epoch: int | None = None  # records per epoch of this partition, known after one epoch
-    epoch, skip, position = 0, start, 0
-    while True:
-        if per_epoch is not None and skip >= per_epoch:
-            whole, skip = divmod(skip, per_epoch)
-            epoch, position = epoch + whole, position + whole * per_epoch
-        order = units
-        if source.shuffle:
-            # not seeded by `part`: when partitions share units (stride > 1) they need one order
-            perm = _rng(seed, label, "units", epoch).permutation(len(units))
-            order = [units[i] for i in perm]
-        j = 0  # index of the unit's first record in this epoch's concatenation (for the stride)
-        selected = 0
-        for unit in order:
-            if skip > 0:  # resuming: step over whole units without reading them
-                if unit not in lengths:
-                    lengths[unit] = source.unit_length(unit)
-                n = lengths[unit]
-                chosen = range((offset - j) % stride, n, stride)
-                if skip >= len(chosen):
-                    skip -= len(chosen)
-                    position += len(chosen)
-                    selected += len(chosen)
-                    j += n
-                    continue
-            reader = source.read_unit(unit)
-            try:
-                n = len(reader)
-                if lengths.setdefault(unit, n) != n:
-                    raise RuntimeError(
-                        f"source {label!r}: unit {unit} has {n} records, "
-                        f"but unit_length said {lengths[unit]}"
-                    )
-                for kind, message in getattr(reader, "problems", ()):
-                    stats.add(label, kind, message)
-                chosen = range((offset - j) % stride, n, stride)
-                local = np.arange(n)
-                if source.shuffle:
-                    local = _rng(seed, label, "records", epoch, unit).permutation(n)
-                position += skip
-                for k in chosen[skip:]:
-                    yield position, reader[int(local[k])]
-                    position += 1
-                skip = 0
-                selected += len(chosen)
-                j += n
-            finally:
-                close = getattr(reader, "close", None)
-                if close is not None:
-                    close()
-        if selected == 0:
-            raise ValueError(
-                f"source {label!r}: partition {part} of {num_parts} has no records "
-                f"({len(units)} units)"
-            )
-        per_epoch = selected
-        epoch += 1
-
-
-def _sharded_stream(source, label, part, num_parts, seed, start, stats, max_bad_in_a_row):
-    """Good samples of one partition from `start`; a bad record is replaced by the next good one."""
-    pending = 0
-    for position, record in _sharded_records(source, label, part, num_parts, seed, start, stats):
-        try:
-            sample = source.decode(record, _item_seed(seed, label, part, num_parts, position))
-        except SkipSample as e:
-            stats.add(label, e.kind, e.message)
-            pending += 1
-            if pending > max_bad_in_a_row:
-                raise RuntimeError(
-                    f"source {label!r}: {pending} bad samples in a row (partition {part} of "
-                    f"{num_parts}, position {position}); skipped so far: {stats.summary()}"
-                ) from None
-            continue
-        for _ in range(pending + 1):
-            yield sample
-        pending = 0
+__all__ = ["BatchMixer", "MixedBatch", "MixerConfig"]
 
 
 # ---- the mixer ---------------------------------------------------------------------------------
@@ -463,7 +158,7 @@ class BatchMixer:
         q = self._text_per_step
         n_text = (steps + 1) * q.numerator // q.denominator - steps * q.numerator // q.denominator
         n_img = self.config.batch_size - n_text
-        rng = _rng(self.config.seed, "composition", block)
+        rng = seeded_rng(self.config.seed, "composition", block)
         img = np.zeros((_BLOCK, len(self.image_sources)), np.int64)
         txt = np.zeros((_BLOCK, len(self.text_sources)), np.int64)
         if self.image_sources:
@@ -518,12 +213,12 @@ class BatchMixer:
             handles = []
             for src, label, c_own in zip(sources, labels, own):
                 if isinstance(src, ShardedSource):
-                    stream = _sharded_stream(
+                    stream = sharded_stream(
                         src, label, part, num_parts, seed, int(c_own), stats, max_bad
                     )
                     handles.append(("sharded", stream))
                 else:
-                    ra = _RandomAccessStream(
+                    ra = RandomAccessStream(
                         src, label, self.rank, self.world_size, seed, stats, max_bad
                     )
                     handles.append(("random", ra))
@@ -612,57 +307,3 @@ class BatchMixer:
         if theirs != mine:
             raise ValueError(f"data mixer changed since the checkpoint: saved {theirs}, now {mine}")
         self.start_step = int(state["step"])
-
-
-# ---- registry ----------------------------------------------------------------------------------
-
-
-def _registry() -> dict[str, Callable[..., Any]]:
-    from clippo.data import image_text, text_pairs  # here: those modules import this one
-
-    return {
-        "webdataset": image_text.TarShards,
-        "parquet": image_text.ParquetImageText,
-        "hf_dataset": image_text.HFImageText,
-        "csv": image_text.CSVImageText,
-        "sentences": text_pairs.ConsecutiveSentences,
-        "word_dropout": text_pairs.WordDropoutPairs,
-        "pair_file": text_pairs.PairFile,
-        "aligned_files": text_pairs.AlignedFiles,
-    }
-
-
-SOURCE_KINDS = (
-    "webdataset",
-    "parquet",
-    "hf_dataset",
-    "csv",
-    "sentences",
-    "word_dropout",
-    "pair_file",
-    "aligned_files",
-)
-
-
-def build_source(kind: str, path: Any, options: Mapping[str, Any] | None = None):
-    """Make a source by registry name (exact match): `build_source("csv", "pairs.csv", {...})`.
-
-    Unknown kinds and unknown option names are ValueErrors that list what is accepted.
-    """
-    import inspect
-
-    registry = _registry()
-    if kind not in registry:
-        raise ValueError(f"unknown source kind {kind!r}; expected one of {sorted(registry)}")
-    factory = registry[kind]
-    options = dict(options or {})
-    params = inspect.signature(factory).parameters
-    allowed = [
-        n
-        for n, p in params.items()
-        if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD
-    ]
-    unknown = sorted(set(options) - set(allowed[1:]))
-    if unknown:
-        raise ValueError(f"source {kind!r}: unknown options {unknown}; accepted: {allowed[1:]}")
-    return factory(path, **options)

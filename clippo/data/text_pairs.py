@@ -26,8 +26,8 @@ from typing import Any, Literal
 import numpy as np
 
 from clippo.data.image_text import expand_paths
-from clippo.data.mixer import RandomAccessSource, ShardedSource, SkipSample, TextPair
 from clippo.data.sentences import split_sentences
+from clippo.data.sources import RandomAccessSource, ShardedSource, SkipSample, TextPair
 
 __all__ = [
     "read_lines",

@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from clippo.render import UnifontRenderer, to_pixels
 from PIL import Image
 
 from clippo.data.collate import PairCollate, to_device
 from clippo.data.image_text import CSVImageText, TarShards
-from clippo.data.mixer import BatchMixer, ImageTextPair, MixerConfig, TextPair
+from clippo.data.mixer import BatchMixer, MixerConfig
+from clippo.data.sources import ImageTextPair, TextPair
 from clippo.data.text_pairs import PairFile
+from clippo.render import UnifontRenderer, to_pixels
 
 SIZE = 32
 

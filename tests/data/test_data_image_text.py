@@ -17,7 +17,8 @@ from clippo.data.image_text import (
     expand_paths,
 )
 from clippo.data.images import decode_image
-from clippo.data.mixer import BatchMixer, MixerConfig, SkipSample, SkipStats
+from clippo.data.mixer import BatchMixer, MixerConfig
+from clippo.data.sources import SkipSample, SkipStats
 
 S = 8  # output image size in these tests
 

@@ -8,15 +8,14 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from clippo.data.mixer import (
-    BatchMixer,
+from clippo.data.mixer import BatchMixer, MixerConfig
+from clippo.data.registry import build_source
+from clippo.data.sources import (
     ImageTextPair,
-    MixerConfig,
     RandomAccessSource,
     ShardedSource,
     SkipSample,
     TextPair,
-    build_source,
 )
 
 

@@ -9,7 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from clippo.data.mixer import BatchMixer, MixerConfig, SkipSample, TextPair
+from clippo.data.mixer import BatchMixer, MixerConfig
+from clippo.data.sources import SkipSample, TextPair
 from clippo.data.text_pairs import (
     AlignedFiles,
     ConsecutiveSentences,

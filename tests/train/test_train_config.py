@@ -30,7 +30,7 @@ def test_presets_resolve_and_round_trip(name):
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_preset_sources_name_known_kinds(name):
-    from clippo.data.mixer import SOURCE_KINDS
+    from clippo.data.registry import SOURCE_KINDS
     from clippo.train_data import SYNTHETIC_KINDS
 
     cfg = preset(name)
