@@ -21,8 +21,9 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from clippo.render import UnifontRenderer
 from PIL import BdfFontFile, Image, ImageDraw, ImageFont
+
+from clippo.render import UnifontRenderer
 
 WORDS = [
     "a",

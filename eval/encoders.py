@@ -83,6 +83,7 @@ def as_encoders(model_or_encoders: Any, *, device: Any = None) -> tuple[Encoder,
 
 def _module_encoders(model: Any, device: Any) -> tuple[Encoder, Encoder]:
     import torch
+
     from clippo.render import to_pixels
 
     if device is None:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
 from clippo.eval.encoders import Encoder, embed
 from clippo.eval.metrics import image_to_text_recall, text_to_image_recall
 

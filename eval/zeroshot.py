@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
 from clippo.eval.encoders import Encoder, as_encoders, embed, l2_normalise
 from clippo.eval.metrics import accuracy, per_class_accuracy, top_k_accuracy
 

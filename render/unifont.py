@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from clippo.fonts import unifont_paths
 
 NUM_CODEPOINTS = 0x110000

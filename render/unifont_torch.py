@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
 from clippo.render.unifont import batch_codepoints
 
 if TYPE_CHECKING:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import clippo.eval as E
 import pytest
+
+import clippo.eval as E
 
 
 def test_builtins_resolve():

@@ -7,8 +7,9 @@ import os
 
 import numpy as np
 import pytest
-from clippo.eval.results import format_table, save_retrieval_examples, write_json
 from PIL import Image
+
+from clippo.eval.results import format_table, save_retrieval_examples, write_json
 
 
 def test_write_json_converts_and_is_atomic(tmp_path, monkeypatch):

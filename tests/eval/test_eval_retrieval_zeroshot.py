@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from clippo.eval.encoders import as_encoders, embed
 from clippo.eval.retrieval import evaluate_retrieval, retrieval_metrics, similarity
 from clippo.eval.zeroshot import class_embeddings, evaluate_zeroshot

@@ -7,11 +7,11 @@ import math
 
 import pytest
 import torch
-from clippo.render import RenderConfig
 
 import clippo
 from clippo.config import VARIANTS, ModelConfig, ViTConfig
 from clippo.model import CLIPPO
+from clippo.render import RenderConfig
 
 
 def naive_param_count(v: ViTConfig, out_dim: int) -> int:

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from clippo.render import UnifontRenderer, render_on_image, render_pair
 
 

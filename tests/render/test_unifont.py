@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clippo.render import RenderConfig, UnifontRenderer, ink_mask, load_glyphs, to_pixels
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from clippo.render import RenderConfig, UnifontRenderer, ink_mask, load_glyphs, to_pixels
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SETTINGS = {
