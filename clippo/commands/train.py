@@ -1,5 +1,7 @@
 """`clippo train CONFIG.toml|PRESET [--set key.sub=value ...] [--resume auto|DIR]`: contrastive
-training. Presets: demo, coco-sanity, clippo-b16. Multi-GPU / multi-node: launch with torchrun."""
+training. Presets: demo, coco-sanity, clippo-b16. Multi-GPU / multi-node: launch with torchrun.
+`[[eval]]` tables in the config (retrieval / zero-shot) run every logging.eval_every_steps and at
+the end; their metrics go to metrics.jsonl as eval/<name>/<metric>."""
 
 from __future__ import annotations
 
@@ -26,10 +28,20 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
 
+    hooks = []
+    if cfg.eval:  # the application layer joins evaluation and training (clippo.train never does)
+        from clippo.eval.hooks import make_hooks
+
+        try:
+            hooks = make_hooks(cfg.eval, progress=cfg.logging.progress)
+        except (OSError, ValueError) as e:
+            print(f"error: [[eval]]: {e}", file=sys.stderr)
+            return 2
+
     from clippo.train import NonFiniteLossError, train
 
     try:
-        result = train(cfg)
+        result = train(cfg, hooks=hooks)
     except (ConfigError, NonFiniteLossError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -1,0 +1,168 @@
+"""`clippo eval`: zero-shot classification or image<->text retrieval with a CLIPPO model.
+
+  clippo eval --model clippo_b16_yfcc100m.npz --out runs/eval retrieval --pairs coco_test.csv
+  clippo eval --model run/ckpt --out runs/eval zeroshot --cifar100 cifar-100-binary
+  clippo eval --model run/ckpt --out runs/eval zeroshot --imagefolder pets/test --templates my.txt
+
+Writes OUT/results.json (metrics, the model path and every resolved option), prints a table, and
+for retrieval writes OUT/retrieval_examples.png. Images are preprocessed as big_vision does
+(resize to the model's size, no antialias); unreadable images are skipped and listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+RESULTS = "results.json"
+EXAMPLES_PNG = "retrieval_examples.png"
+
+
+def _common(p: argparse.ArgumentParser, defaults: bool) -> None:
+    """Options accepted before or after the suite name. Sub-parsers get SUPPRESS defaults so
+    they do not overwrite a value given before the suite name."""
+
+    def d(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
+    p.add_argument("--model", default=d(None), help="big_vision .npz or a saved/trainer dir")
+    p.add_argument("--out", default=d(None), help="output folder (results.json, PNG)")
+    p.add_argument("--batch-size", type=int, default=d(64), help="images/texts per forward pass")
+    p.add_argument("--device", default=d("auto"), help="auto (CUDA if available), cpu, cuda:1")
+    p.add_argument(
+        "--max-examples", type=int, default=d(0), help="evaluate N evenly spaced images (0: all)"
+    )
+    p.add_argument("--num-workers", type=int, default=d(4), help="image decoding threads")
+
+
+def _spec(args: argparse.Namespace) -> Any:
+    from clippo.train_config import EvalSpec
+
+    common = dict(max_examples=args.max_examples, batch_size=args.batch_size)
+    if args.suite == "retrieval":
+        return EvalSpec(
+            "retrieval", args.pairs, image_column=args.image_column,
+            caption_column=args.caption_column, **common,
+        )  # fmt: skip
+    path, fmt = (args.cifar100, "cifar100") if args.cifar100 else (args.imagefolder, "imagefolder")
+    return EvalSpec(
+        "zeroshot", path, format=fmt, templates=args.templates, canonicalize=args.canonicalize,
+        class_names=args.class_names or "", split=args.split, **common,
+    )  # fmt: skip
+
+
+def _table(kind: str, m: dict[str, Any]) -> str:
+    from clippo.eval.results import format_table
+
+    if kind == "retrieval":
+        rows = [
+            {"direction": d, **{f"R@{k}": m[f"{d}/r@{k}"] for k in (1, 5, 10)}}
+            for d in ("img2txt", "txt2img")
+        ]
+        rows[0]["queries"], rows[1]["queries"] = m["n_images"], m["n_texts"]
+    else:
+        keys = ("accuracy", "top5_accuracy", "mean_per_class_accuracy", "n", "n_classes")
+        rows = [{k: m.get(k) for k in keys}]
+    return format_table(rows, floatfmt=".4f")
+
+
+def _run(args: argparse.Namespace) -> int:
+    for flag in ("model", "out"):
+        if getattr(args, flag) is None:
+            print(f"error: clippo eval needs --{flag}", file=sys.stderr)
+            return 2
+    if args.batch_size < 1 or args.max_examples < 0:
+        print("error: --batch-size must be >= 1 and --max-examples >= 0", file=sys.stderr)
+        return 2
+    try:
+        spec = _spec(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    import torch
+
+    import clippo
+    from clippo.eval.results import write_json
+    from clippo.eval.suites import run_suite
+
+    out = Path(args.out)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    extra: dict[str, Any] = {}
+    if spec.kind == "retrieval":
+        extra["examples_png"] = out / EXAMPLES_PNG
+    try:
+        model = clippo.load(args.model).to(device).eval()
+        metrics = run_suite(
+            model, spec, device=device, num_workers=args.num_workers, progress=True, **extra
+        )
+        results = {
+            "suite": spec.kind,
+            "model": str(Path(args.model).resolve()),
+            "model_config": model.config.to_dict(),
+            "data": str(Path(spec.path).resolve()),
+            "spec": {
+                **{k: getattr(spec, k) for k in spec.__dataclass_fields__},
+                "canonical": spec.canonical,
+            },
+            "options": {"device": str(device), "num_workers": args.num_workers},
+            "metrics": metrics,
+        }
+        written = write_json(out / RESULTS, results)
+    except (OSError, ValueError) as e:  # missing files, bad rows, CheckpointError
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(_table(spec.kind, metrics))
+    if metrics["n_skipped"]:
+        print(f"skipped {metrics['n_skipped']} unreadable images:", file=sys.stderr)
+        for name, reason in metrics["skipped"][:20]:
+            print(f"  {name}: {reason}", file=sys.stderr)
+    print(f"wrote {written}" + (f" and {extra['examples_png']}" if extra else ""), file=sys.stderr)
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="zero-shot classification or image/text retrieval",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common(p, defaults=True)
+    suites = p.add_subparsers(dest="suite", required=True, metavar="SUITE")
+
+    r = suites.add_parser("retrieval", help="image<->text Recall@1/5/10 on (image, caption) pairs")
+    _common(r, defaults=False)
+    r.add_argument(
+        "--pairs",
+        required=True,
+        help=".csv/.tsv (header with the columns below) or .jsonl; several captions per image "
+        "allowed; image paths relative to the file",
+    )
+    r.add_argument("--image-column", default="image")
+    r.add_argument("--caption-column", default="caption")
+
+    z = suites.add_parser("zeroshot", help="zero-shot classification accuracy")
+    _common(z, defaults=False)
+    src = z.add_mutually_exclusive_group(required=True)
+    src.add_argument("--imagefolder", help="folder with one sub-folder of images per class")
+    src.add_argument("--cifar100", help="CIFAR-100 binary folder (test.bin, fine_label_names.txt)")
+    z.add_argument(
+        "--templates",
+        default="clip_paper",
+        help="clip_paper (big_vision, canonicalised), clip_best (the colab's 8), or a file with "
+        "one template per line holding '{}'",
+    )
+    z.add_argument(
+        "--canonicalize",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="big_vision's lowercase/no-punctuation canonicalisation (default: clip_paper only)",
+    )
+    z.add_argument("--class-names", help="file of class names, one per line, in label order")
+    z.add_argument("--split", default="test", help="CIFAR-100 split file (test -> test.bin)")
+    p.set_defaults(func=_run)

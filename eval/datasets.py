@@ -1,0 +1,370 @@
+"""Evaluation data as users have it on disk, read into small typed containers.
+
+    pairs = read_pairs("coco_test.csv")          # CSV/TSV/jsonl of (image path, caption)
+    folder = read_imagefolder("pets/test")       # one sub-folder per class
+    cifar = read_cifar100("cifar-100-binary")    # test.bin + fine_label_names.txt
+    pairs = load_images(pairs.subset(evenly_spaced(len(pairs), 500)), size=224)
+
+Readers only list files and parse text; images are decoded later (`load_images`, or streamed by
+the suites), so a 50k-image folder costs nothing until it is evaluated. Malformed rows are
+errors naming file and line (an evaluation set that silently loses rows is a different
+benchmark); image files that cannot be decoded are skipped and recorded in `skipped`, with the
+reason, by whoever decodes them. torch is not imported here.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "CaptionedImages",
+    "LabelledImages",
+    "evenly_spaced",
+    "read_pairs",
+    "read_imagefolder",
+    "read_cifar100",
+    "read_class_names",
+    "read_templates",
+    "load_image",
+    "load_images",
+]
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
+# images: the files to decode, or pixels already in memory (uint8 [N, H, W, 3])
+ImageSource = tuple[Path, ...] | np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class CaptionedImages:
+    """Retrieval data: image i is described by every text j with image_ids_for_text[j] == i.
+
+    images: N files or uint8 [N, H, W, 3]; names: N labels for messages (the path as written
+    in the pairs file); texts: M captions; image_ids_for_text: int64 [M];
+    skipped: (name, reason) of images dropped as undecodable.
+    """
+
+    images: ImageSource
+    names: tuple[str, ...]
+    texts: tuple[str, ...]
+    image_ids_for_text: np.ndarray
+    source: str
+    skipped: tuple[tuple[str, str], ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def subset(self, keep: Sequence[int] | np.ndarray) -> CaptionedImages:
+        """Only images `keep` (in that order) and their captions; image ids renumbered."""
+        keep = np.asarray(keep, dtype=np.int64)
+        new_id = np.full(len(self), -1, dtype=np.int64)
+        new_id[keep] = np.arange(len(keep))
+        mapped = new_id[self.image_ids_for_text]
+        texts = tuple(t for t, i in zip(self.texts, mapped) if i >= 0)
+        return replace(
+            self,
+            images=_take(self.images, keep),
+            names=tuple(self.names[i] for i in keep),
+            texts=texts,
+            image_ids_for_text=mapped[mapped >= 0],
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class LabelledImages:
+    """Classification data: images (N files or uint8 [N, H, W, 3]), labels int64 [N] indexing
+    class_names, names (N labels for messages), skipped (name, reason) of dropped images."""
+
+    images: ImageSource
+    names: tuple[str, ...]
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    source: str
+    skipped: tuple[tuple[str, str], ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def subset(self, keep: Sequence[int] | np.ndarray) -> LabelledImages:
+        keep = np.asarray(keep, dtype=np.int64)
+        return replace(
+            self,
+            images=_take(self.images, keep),
+            names=tuple(self.names[i] for i in keep),
+            labels=self.labels[keep],
+        )
+
+
+def _take(images: ImageSource, keep: np.ndarray) -> ImageSource:
+    if isinstance(images, np.ndarray):
+        return images[keep]
+    return tuple(images[i] for i in keep)
+
+
+def evenly_spaced(n: int, k: int) -> np.ndarray:
+    """k of range(n), evenly spread (all of them when k <= 0 or k >= n): int64 [min(k, n)].
+
+    Deterministic, and for a class-sorted folder it keeps every class represented, which a
+    prefix would not."""
+    if k <= 0 or k >= n:
+        return np.arange(n, dtype=np.int64)
+    return (np.arange(k, dtype=np.int64) * n) // k
+
+
+# ---- (image, caption) pairs ---------------------------------------------------------------------
+
+
+def _pair_rows(
+    path: Path, image_column: str, caption_column: str
+) -> list[tuple[str, str | list, str]]:
+    """(image, caption or list of captions, where) per data row of a CSV/TSV/jsonl file."""
+    suffix = path.suffix.lower()
+    rows: list[tuple[str, str | list, str]] = []
+    if suffix in (".jsonl", ".json"):
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{where}: not JSON ({e.msg})") from None
+                if not isinstance(obj, dict):
+                    raise ValueError(f"{where}: expected a JSON object per line")
+                for key in (image_column, caption_column):
+                    if key not in obj:
+                        raise ValueError(f"{where}: no key {key!r} (keys: {sorted(obj)})")
+                rows.append((obj[image_column], obj[caption_column], where))
+        return rows
+    if suffix not in (".csv", ".tsv"):
+        raise ValueError(f"{path}: pairs file must end in .csv, .tsv or .jsonl")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f, delimiter="\t" if suffix == ".tsv" else ",")
+        header = next(reader, None)
+        if header is None:
+            raise ValueError(f"{path}: empty file (expected a header row)")
+        missing = [c for c in (image_column, caption_column) if c not in header]
+        if missing:
+            raise ValueError(f"{path}: header {header} lacks column(s) {missing}")
+        ci, cc = header.index(image_column), header.index(caption_column)
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise ValueError(f"{where}: {len(row)} fields, the header has {len(header)}")
+            rows.append((row[ci], row[cc], where))
+    return rows
+
+
+def read_pairs(
+    path: str | os.PathLike,
+    *,
+    image_column: str = "image",
+    caption_column: str = "caption",
+    image_root: str | os.PathLike | None = None,
+) -> CaptionedImages:
+    """A file of (image path, caption) rows -> CaptionedImages, grouped by image path.
+
+    Formats by suffix: `.csv` / `.tsv` with a header naming the two columns, or `.jsonl` with
+    one object per line whose caption is a string or a list of strings. Several rows (or a
+    list) may describe one image (COCO/Flickr: 5 captions each); images keep the order in which
+    they first appear. Relative image paths are relative to the file's folder (or
+    `image_root`). Raises ValueError naming the file and line for a malformed row.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pairs file not found: {path}")
+    root = Path(image_root) if image_root is not None else path.resolve().parent
+    index: dict[Path, int] = {}
+    files: list[Path] = []
+    names: list[str] = []
+    texts: list[str] = []
+    ids: list[int] = []
+    for image, caption, where in _pair_rows(path, image_column, caption_column):
+        if not isinstance(image, str) or not image.strip():
+            raise ValueError(f"{where}: empty or non-text image path {image!r}")
+        captions = caption if isinstance(caption, list) else [caption]
+        if not captions:
+            raise ValueError(f"{where}: empty caption list")
+        for c in captions:
+            if not isinstance(c, str) or not c.strip():
+                raise ValueError(f"{where}: empty or non-text caption {c!r}")
+        image = image.strip()
+        full = Path(image) if os.path.isabs(image) else root / image
+        key = Path(os.path.normpath(full))
+        if key not in index:
+            index[key] = len(files)
+            files.append(key)
+            names.append(image)
+        texts += captions
+        ids += [index[key]] * len(captions)
+    if not files:
+        raise ValueError(f"{path}: no (image, caption) rows")
+    return CaptionedImages(
+        images=tuple(files),
+        names=tuple(names),
+        texts=tuple(texts),
+        image_ids_for_text=np.asarray(ids, dtype=np.int64),
+        source=str(path),
+    )
+
+
+# ---- classification ------------------------------------------------------------------------------
+
+
+def read_class_names(path: str | os.PathLike, expected: int | None = None) -> list[str]:
+    """One class name per non-empty line (UTF-8); `expected`: the number there must be."""
+    path = Path(path)
+    names = [s.strip() for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
+    if expected is not None and len(names) != expected:
+        raise ValueError(f"{path}: {len(names)} class names, expected {expected}")
+    return names
+
+
+def read_imagefolder(
+    root: str | os.PathLike, *, class_names: Sequence[str] | None = None
+) -> LabelledImages:
+    """`root/<class>/**/<image>` -> LabelledImages; classes are the sub-folders, sorted by name
+    (torchvision's ImageFolder order), images found recursively by suffix, sorted.
+
+    class_names: names to use instead of the folder names (same order; e.g. readable names for
+    ImageNet's `n01440764` folders). A class folder without images stays a candidate class.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise NotADirectoryError(f"image folder not found: {root}")
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise ValueError(f"{root}: no class sub-folders (expected {root}/<class>/<image>)")
+    if class_names is not None and len(class_names) != len(classes):
+        raise ValueError(
+            f"{root}: {len(classes)} class folders but {len(class_names)} class names given"
+        )
+    files: list[Path] = []
+    labels: list[int] = []
+    for label, folder in enumerate(classes):
+        found = sorted(
+            p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        )
+        files += found
+        labels += [label] * len(found)
+    if not files:
+        raise ValueError(f"{root}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return LabelledImages(
+        images=tuple(files),
+        names=tuple(p.relative_to(root).as_posix() for p in files),
+        labels=np.asarray(labels, dtype=np.int64),
+        class_names=tuple(class_names if class_names is not None else (p.name for p in classes)),
+        source=str(root),
+    )
+
+
+def read_cifar100(
+    directory: str | os.PathLike, *, split: str = "test", class_names: Sequence[str] | None = None
+) -> LabelledImages:
+    """CIFAR-100 binary version: `<directory>/<split>.bin` + `fine_label_names.txt` (or the
+    `cifar-100-binary/` folder the archive unpacks to, inside `directory`); fine labels."""
+    from clippo.cifar100 import read_cifar100_bin
+
+    directory = Path(directory)
+    if not (directory / f"{split}.bin").is_file() and (directory / "cifar-100-binary").is_dir():
+        directory = directory / "cifar-100-binary"
+    data = directory / f"{split}.bin"
+    if not data.is_file():
+        raise FileNotFoundError(f"CIFAR-100: no {data}")
+    if class_names is None:
+        names_file = directory / "fine_label_names.txt"
+        if not names_file.is_file():
+            raise FileNotFoundError(f"CIFAR-100: no {names_file} (one class name per line)")
+        class_names = read_class_names(names_file)
+    images, _, fine = read_cifar100_bin(data)
+    if len(fine) and fine.max() >= len(class_names):
+        raise ValueError(f"{data}: label {int(fine.max())} but only {len(class_names)} class names")
+    return LabelledImages(
+        images=images,
+        names=tuple(f"{data.name}[{i}]" for i in range(len(fine))),
+        labels=fine,
+        class_names=tuple(class_names),
+        source=str(data),
+    )
+
+
+def read_templates(path: str | os.PathLike) -> list[str]:
+    """Prompt templates, one per non-empty line, each with exactly one "{}" for the class."""
+    path = Path(path)
+    out = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        if line.count("{}") != 1:
+            raise ValueError(f"{path}:{lineno}: template {line!r} must contain one '{{}}'")
+        out.append(line.strip())
+    if not out:
+        raise ValueError(f"{path}: no templates")
+    return out
+
+
+# ---- decoding ------------------------------------------------------------------------------------
+
+
+def load_image(path: Path, size: int) -> np.ndarray | str:
+    """big_vision `decode|resize(size)`: uint8 [size, size, 3], or why the file is unusable."""
+    from clippo.data.images import ImageDecodeError, decode_image
+    from clippo.preprocess import resize_uint8
+
+    try:
+        return resize_uint8(decode_image(path), size)
+    except ImageDecodeError as e:
+        return str(e) or e.kind
+    except OSError as e:  # permissions, a file that vanished
+        return f"{type(e).__name__}: {e}"
+
+
+def load_images(
+    data: CaptionedImages | LabelledImages,
+    size: int,
+    *,
+    num_workers: int = 4,
+    progress: bool = False,
+) -> CaptionedImages | LabelledImages:
+    """`data` with its images decoded and resized to uint8 [N', size, size, 3] (in memory);
+    undecodable files dropped (with their captions/labels) and added to `skipped`."""
+    from clippo.preprocess import resize_uint8
+
+    if isinstance(data.images, np.ndarray):
+        if data.images.shape[1:3] == (size, size):
+            return data
+        pixels = np.stack([resize_uint8(im, size) for im in data.images])
+        return replace(data, images=pixels)
+    with ThreadPoolExecutor(max(1, num_workers)) as pool:
+        loaded = list(
+            tqdm(
+                pool.map(lambda p: load_image(p, size), data.images),
+                total=len(data),
+                desc="decode images",
+                unit="img",
+                disable=not progress,
+                leave=False,
+            )
+        )
+    keep = [i for i, a in enumerate(loaded) if not isinstance(a, str)]
+    bad = tuple((data.names[i], a) for i, a in enumerate(loaded) if isinstance(a, str))
+    if not keep:
+        raise ValueError(
+            f"{data.source}: none of the {len(data)} images could be decoded: {bad[:3]}"
+        )
+    out = data.subset(keep)
+    pixels = np.stack([loaded[i] for i in keep])
+    return replace(out, images=pixels, skipped=data.skipped + bad)
