@@ -15,33 +15,17 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from functools import partial
 
 import torch
-from timm.layers import GELUTanh
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from clippo.config import ModelConfig
-from clippo.model import CLIPPO, _mlp_ratio
+from clippo.model import CLIPPO, vit_tower
 
 
 def bare_timm(cfg: ModelConfig) -> nn.Module:
-    v = cfg.vit
-    return VisionTransformer(
-        img_size=v.image_size,
-        patch_size=v.patch_size,
-        num_classes=cfg.out_dim,
-        global_pool="map",
-        embed_dim=v.width,
-        depth=v.depth,
-        num_heads=v.num_heads,
-        mlp_ratio=_mlp_ratio(v.width, v.mlp_dim),
-        qkv_bias=True,
-        class_token=False,
-        norm_layer=partial(nn.LayerNorm, eps=1e-6),
-        act_layer=GELUTanh,
-    )
+    """The same tower as CLIPPO's (`vit_tower`), with timm's own Linear head and default init."""
+    return vit_tower(cfg.vit, num_classes=cfg.out_dim, weight_init="")
 
 
 def time_once(model: nn.Module, x: torch.Tensor, bf16: bool, ours: bool) -> float:

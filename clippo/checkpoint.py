@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from clippo.atomic import atomic_path, write_json_atomic
 from clippo.bigvision import (
     CheckpointError,
     image_init_params,
@@ -71,19 +69,6 @@ def _with_weights(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> CLIPPO:
 # ---- save / load directories --------------------------------------------------------------------
 
 
-@contextmanager
-def _atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; on success it replaces `target` in one step."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save(model: CLIPPO, directory: str | os.PathLike) -> None:
     """Write `config.json` (format, version, model + renderer config) and `model.safetensors`."""
     from safetensors.torch import save_file
@@ -91,11 +76,10 @@ def save(model: CLIPPO, directory: str | os.PathLike) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    with _atomic_path(directory / WEIGHTS_FILE) as tmp:
+    with atomic_path(directory / WEIGHTS_FILE) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model.config.to_dict()}
-    with _atomic_path(directory / CONFIG_FILE) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    write_json_atomic(meta, directory / CONFIG_FILE)
 
 
 def read_config(directory: str | os.PathLike) -> ModelConfig:

@@ -12,22 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from clippo.dataclass_utils import check_keys
 from clippo.render import RenderConfig
 
 POOL_TYPES = ("map", "gap")  # big_vision names: attention-probe pooling, global average pooling
-
-
-def _check_keys(cls: type, data: Mapping[str, Any], where: str) -> None:
-    names = {f.name for f in dataclasses.fields(cls)}
-    required = {
-        f.name
-        for f in dataclasses.fields(cls)
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    }
-    unknown = sorted(set(data) - names)
-    missing = sorted(required - set(data))
-    if unknown or missing:
-        raise ValueError(f"{where}: unknown keys {unknown}, missing keys {missing}")
 
 
 @dataclass(frozen=True)
@@ -73,7 +61,7 @@ class ViTConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ViTConfig:
-        _check_keys(cls, data, "ViTConfig")
+        check_keys(cls, data, require=True)
         return cls(**data)
 
     @classmethod
@@ -181,7 +169,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
-        _check_keys(cls, data, "ModelConfig")
+        check_keys(cls, data, require=True)
         kw = dict(data)
         kw["vit"] = ViTConfig.from_dict(data["vit"])
         if kw.get("render") is not None:

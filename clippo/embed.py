@@ -10,10 +10,8 @@ model's own renderer. Results are written as `.npy` plus a row-aligned `.ids.txt
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from clippo.atomic import atomic_path, write_text_atomic
 from clippo.model import CLIPPO
 from clippo.preprocess import images_to_pixels, resize_uint8
 
@@ -161,18 +160,6 @@ def embed_texts(
     return Embeddings(out, ids)
 
 
-@contextmanager
-def _atomic(target: Path) -> Iterator[Path]:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def ids_path(out: str | os.PathLike) -> Path:
     """`emb.npy` -> `emb.ids.txt`, the row-aligned ids beside an `.npy` output."""
     return Path(out).with_suffix(".ids.txt")
@@ -189,10 +176,9 @@ def write_embeddings(result: Embeddings, out: str | os.PathLike) -> list[Path]:
         raise ValueError(f"ids with line breaks cannot be written: {bad[:3]!r}")
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
-        with _atomic(out) as tmp, open(tmp, "wb") as f:
+        with atomic_path(out) as tmp, open(tmp, "wb") as f:
             np.save(f, result.vectors.astype(np.float32, copy=False))
-        with _atomic(ids_path(out)) as tmp:
-            tmp.write_text("".join(f"{i}\n" for i in result.ids), encoding="utf-8")
+        write_text_atomic(ids_path(out), "".join(f"{i}\n" for i in result.ids))
         return [out, ids_path(out)]
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -205,7 +191,7 @@ def write_embeddings(result: Embeddings, out: str | os.PathLike) -> list[Path]:
             "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
         }
     )
-    with _atomic(out) as tmp:
+    with atomic_path(out) as tmp:
         pq.write_table(table, tmp)
     return [out]
 

@@ -19,7 +19,7 @@ from timm.layers import GELUTanh, lecun_normal_
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from clippo.config import ModelConfig
+from clippo.config import ModelConfig, ViTConfig
 from clippo.prompts import fill
 
 if TYPE_CHECKING:
@@ -36,6 +36,27 @@ def _mlp_ratio(width: int, mlp_dim: int) -> float:
     return ratio
 
 
+def vit_tower(v: ViTConfig, num_classes: int = 0, weight_init: str = "") -> VisionTransformer:
+    """timm's `VisionTransformer` with big_vision's settings for `v` (the CLIPPO tower).
+    num_classes > 0 adds timm's Linear head; weight_init is timm's ("" default, "skip" none)."""
+    return VisionTransformer(
+        img_size=v.image_size,
+        patch_size=v.patch_size,
+        num_classes=num_classes,
+        global_pool="map" if v.pool_type == "map" else "avg",
+        embed_dim=v.width,
+        depth=v.depth,
+        num_heads=v.num_heads,
+        mlp_ratio=_mlp_ratio(v.width, v.mlp_dim),
+        qkv_bias=True,
+        class_token=False,
+        fc_norm=False,  # big_vision applies encoder_norm before pooling, also for "gap"
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        act_layer=GELUTanh,
+        weight_init=weight_init,
+    )
+
+
 def l2_normalize(x: Tensor) -> Tensor:
     """`x / (||x||_2 + 1e-8)` over the last axis (not `F.normalize`, which clamps the norm)."""
     return x / (torch.linalg.vector_norm(x, dim=-1, keepdim=True) + NORM_EPS)
@@ -47,24 +68,9 @@ class CLIPPO(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        v = config.vit
-        self.vit = VisionTransformer(
-            img_size=v.image_size,
-            patch_size=v.patch_size,
-            num_classes=0,  # no timm head: `self.head` below is big_vision's `head`
-            global_pool="map" if v.pool_type == "map" else "avg",
-            embed_dim=v.width,
-            depth=v.depth,
-            num_heads=v.num_heads,
-            mlp_ratio=_mlp_ratio(v.width, v.mlp_dim),
-            qkv_bias=True,
-            class_token=False,
-            fc_norm=False,  # big_vision applies encoder_norm before pooling, also for "gap"
-            norm_layer=partial(nn.LayerNorm, eps=1e-6),
-            act_layer=GELUTanh,
-            weight_init="skip",  # reset_parameters() below applies big_vision's init instead
-        )
-        self.head = nn.Linear(v.width, config.out_dim)
+        # no timm head or init: `self.head` and reset_parameters() below are big_vision's
+        self.vit = vit_tower(config.vit, num_classes=0, weight_init="skip")
+        self.head = nn.Linear(config.vit.width, config.out_dim)
         self.t = nn.Parameter(torch.empty(1))
         self._renderer: UnifontRenderer | None = None
         self.reset_parameters()

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from clippo.dataclass_utils import check_keys
+
 __all__ = [
     "OptimConfig",
     "DEFAULT_DECAY_PARAMS",
@@ -36,14 +38,6 @@ __all__ = [
 
 OPTIMIZERS = ("adafactor", "adamw")
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-def _from_dict(cls, d: Mapping[str, Any], what: str):
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ValueError(f"unknown {what} key(s) {unknown}; allowed: {sorted(names)}")
-    return cls(**d)
 
 
 @dataclass(frozen=True)
@@ -91,7 +85,8 @@ class OptimConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> OptimConfig:
-        return _from_dict(cls, d, "OptimConfig")
+        check_keys(cls, d)
+        return cls(**d)
 
 
 # Module type -> its own parameters that get weight decay: the torch equivalents of big_vision's

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from clippo.dataclass_utils import check_keys
+
 __all__ = ["SCHEDULE_KINDS", "Schedule", "ScheduleConfig", "build_schedule", "schedule_value"]
 
 SCHEDULE_KINDS = ("rsqrt", "cosine", "linear", "constant")
@@ -47,10 +49,7 @@ class ScheduleConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ScheduleConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown ScheduleConfig key(s) {unknown}; allowed: {sorted(names)}")
+        check_keys(cls, d)
         return cls(**d)
 
 

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from clippo.atomic import write_json_atomic
+
 CHECKPOINTS = "checkpoints"
 _STEP_RE = re.compile(r"^step_(\d{9,})$")
 STATE_FILE = "trainer_state.json"
@@ -121,13 +123,6 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 # ---- save / load -------------------------------------------------------------------------------
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def save_checkpoint(
     run_dir: str | os.PathLike,
     state: TrainerState,
@@ -150,8 +145,9 @@ def save_checkpoint(
     try:
         save_model(tmp)
         torch.save(dict(optim_state), tmp / OPTIM_FILE)
-        _write_json(tmp / CONFIG_FILE, dict(train_config))
-        _write_json(tmp / STATE_FILE, state.to_dict())  # last: marks the directory complete
+        write_json_atomic(dict(train_config), tmp / CONFIG_FILE, sort_keys=True)
+        # last: marks the directory complete
+        write_json_atomic(state.to_dict(), tmp / STATE_FILE, sort_keys=True)
         if final.exists():  # same step saved again (e.g. SIGTERM right after a periodic save)
             shutil.rmtree(final)
         os.rename(tmp, final)

@@ -6,13 +6,14 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from clippo.atomic import write_bytes_atomic, write_text_atomic
 
 
 def _jsonable(x: Any) -> Any:
@@ -32,27 +33,11 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def _atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write `obj` as indented JSON, atomically (temp file + os.replace); numpy values and
     NaN (-> null) are converted. Returns the path."""
     text = json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n"
-    return _atomic_write_bytes(path, text.encode("utf-8"))
+    return write_text_atomic(path, text)
 
 
 def _cell(v: Any, floatfmt: str) -> str:
@@ -166,4 +151,4 @@ def save_retrieval_examples(
             )
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
-    return _atomic_write_bytes(path, buf.getvalue())
+    return write_bytes_atomic(path, buf.getvalue())

@@ -30,7 +30,13 @@ from typing import Any
 import numpy as np
 
 from clippo.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
-from clippo.data.sources import ImageTextPair, RandomAccessSource, ShardedSource, SkipSample
+from clippo.data.sources import (
+    ImageTextPair,
+    RandomAccessSource,
+    ShardedSource,
+    SkipSample,
+    text_or_skip,
+)
 
 __all__ = [
     "ImagePrep",
@@ -80,14 +86,13 @@ class ImagePrep:
 def _caption(text: Any, where: str) -> str:
     if text is None:
         raise SkipSample("missing_caption", f"{where}: no caption")
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", errors="replace")
-    if not isinstance(text, str):
-        raise SkipSample("bad_caption", f"{where}: caption is {type(text).__name__}, not text")
-    text = text.strip()
-    if not text:
-        raise SkipSample("empty_caption", f"{where}: empty caption")
-    return text
+    return text_or_skip(text, where, what="caption", bad="bad_caption", empty="empty_caption")
+
+
+def _require_columns(where: str, columns: Sequence[str], *wanted: str) -> None:
+    for col in wanted:
+        if col not in columns:
+            raise ValueError(f"{where}: no column {col!r}; columns are {list(columns)}")
 
 
 _BRACE_RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
@@ -333,9 +338,7 @@ class ParquetImageText(ShardedSource):
         for f, path in enumerate(self.paths):
             meta = pq.ParquetFile(path).metadata
             names = meta.schema.to_arrow_schema().names
-            for col in (image_column, text_column):
-                if col not in names:
-                    raise ValueError(f"{path}: no column {col!r}; columns are {names}")
+            _require_columns(path, names, image_column, text_column)
             first = 0
             for g in range(meta.num_row_groups):
                 rows = meta.row_group(g).num_rows
@@ -403,9 +406,7 @@ class HFImageText(RandomAccessSource):
             ds = ds[split]
         elif split is not None:
             raise ValueError(f"{path} holds a single Dataset; split={split!r} does not apply")
-        for col in (image_column, text_column):
-            if col not in ds.column_names:
-                raise ValueError(f"{path}: no column {col!r}; columns are {ds.column_names}")
+        _require_columns(os.fspath(path), ds.column_names, image_column, text_column)
         ds = ds.select_columns([image_column, text_column])
         if isinstance(ds.features[image_column], datasets.Image):
             ds = ds.cast_column(image_column, datasets.Image(decode=False))

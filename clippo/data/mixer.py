@@ -33,6 +33,7 @@ from clippo.data.sources import (
     seeded_rng,
     sharded_stream,
 )
+from clippo.dataclass_utils import check_keys
 
 __all__ = ["BatchMixer", "MixedBatch", "MixerConfig"]
 
@@ -62,12 +63,7 @@ class MixerConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MixerConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(
-                f"unknown MixerConfig keys {sorted(unknown)}; expected {sorted(names)}"
-            )
+        check_keys(cls, d)
         return cls(**d)
 
 

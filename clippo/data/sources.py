@@ -57,6 +57,21 @@ class SkipSample(Exception):
         return (type(self), (self.kind, self.message))
 
 
+def text_or_skip(
+    value: Any, where: str, *, what: str = "text", bad: str = "bad_row", empty: str = "empty_text"
+) -> str:
+    """`value` stripped, if it is non-blank text (bytes are decoded as UTF-8, bad bytes -> U+FFFD);
+    otherwise SkipSample of kind `bad` (not text) or `empty` (blank), naming `where`."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    if not isinstance(value, str):
+        raise SkipSample(bad, f"{where}: {what} is {type(value).__name__}, not text")
+    value = value.strip()
+    if not value:
+        raise SkipSample(empty, f"{where}: empty {what}")
+    return value
+
+
 class SkipStats:
     """Skipped-sample counts keyed "source/kind", plus the first few messages of each key.
 

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 
 from clippo.data.scenes import COLOURS, COUNTS, POSITIONS, SHAPES, SIZES, Scene, render_scene
+from clippo.dataclass_utils import check_keys
 
 PLURALS: Mapping[str, str] = {s: s + ("es" if s.endswith("s") else "s") for s in SHAPES}
 
@@ -117,10 +118,7 @@ class SyntheticConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SyntheticConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown SyntheticConfig keys {unknown}; known: {sorted(names)}")
+        check_keys(cls, d)
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 

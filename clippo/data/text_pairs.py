@@ -27,7 +27,13 @@ import numpy as np
 
 from clippo.data.image_text import expand_paths
 from clippo.data.sentences import split_sentences
-from clippo.data.sources import RandomAccessSource, ShardedSource, SkipSample, TextPair
+from clippo.data.sources import (
+    RandomAccessSource,
+    ShardedSource,
+    SkipSample,
+    TextPair,
+    text_or_skip,
+)
 
 __all__ = [
     "read_lines",
@@ -224,15 +230,6 @@ class WordDropoutPairs(_CorpusSource):
         )
 
 
-def _text_or_skip(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise SkipSample("bad_row", f"{where}: expected text, got {type(value).__name__}")
-    value = value.strip()
-    if not value:
-        raise SkipSample("empty_text", f"{where}: empty text")
-    return value
-
-
 class PairFile(RandomAccessSource):
     """Any file of text pairs (translations, paraphrases, back-translations): TSV with `columns`
     as two column indices (default (0, 1); no quoting, tabs separate fields), or jsonl with
@@ -301,7 +298,7 @@ class PairFile(RandomAccessSource):
             if not isinstance(obj, dict) or any(c not in obj for c in self.columns):
                 raise SkipSample("missing_column", f"{where}: needs keys {list(self.columns)}")
             a, b = obj[self.columns[0]], obj[self.columns[1]]
-        return TextPair(_text_or_skip(a, where), _text_or_skip(b, where), str(index + 1))
+        return TextPair(text_or_skip(a, where), text_or_skip(b, where), str(index + 1))
 
 
 class AlignedFiles(RandomAccessSource):
@@ -329,7 +326,7 @@ class AlignedFiles(RandomAccessSource):
     def load(self, index: int, item_seed: int) -> TextPair:
         where = f"{self.path_a}|{self.path_b}:{index + 1}"
         return TextPair(
-            _text_or_skip(self._a[index], where),
-            _text_or_skip(self._b[index], where),
+            text_or_skip(self._a[index], where),
+            text_or_skip(self._b[index], where),
             str(index + 1),
         )

@@ -12,38 +12,25 @@ from PIL import Image
 
 import clippo
 from clippo.cli import main
-from clippo.data.images import decode_image
-from clippo.eval.encoders import as_encoders
-from clippo.eval.retrieval import evaluate_retrieval
-from clippo.model import CLIPPO
-from clippo.preprocess import preprocess, resize_uint8
+from clippo.preprocess import preprocess
 from clippo.train_log import read_metrics
 
-# At 32 px a rendered text shows its first ~8 characters (2 lines): captions differ early.
-CAPTIONS = [["red 1", "sun"], ["blue 2"], ["cat 3", "big"], ["dog 4"], ["owl 5", "far"]]
 RECALL_KEYS = [f"{d}/r@{k}" for d in ("img2txt", "txt2img") for k in (1, 5, 10)]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
+def model_dir(model, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("model") / "tiny"
-    CLIPPO.from_variant("tiny-test", image_size=32).save(out)
+    model.save(out)
     return out
 
 
-def write_image(path: Path, seed: int, size: tuple[int, int] = (24, 40)) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path)
-
-
 @pytest.fixture()
-def pairs(tmp_path) -> Path:
+def pairs(tmp_path, helpers) -> Path:
     """A COCO-style CSV (several captions per image) with one unreadable image."""
     rows = ["image,caption"]
-    for i, caps in enumerate(CAPTIONS):
-        write_image(tmp_path / "images" / f"im{i}.png", i)
+    for i, caps in enumerate(helpers.captions):
+        helpers.write_image(tmp_path / "images" / f"im{i}.png", i)
         rows += [f"images/im{i}.png,{c}" for c in caps]
     (tmp_path / "images/broken.jpg").write_bytes(b"\xff\xd8 truncated")
     rows.insert(3, "images/broken.jpg,lost")
@@ -51,16 +38,7 @@ def pairs(tmp_path) -> Path:
     return tmp_path / "pairs.csv"
 
 
-def direct_retrieval(model, folder: Path) -> dict:
-    images = np.stack(
-        [resize_uint8(decode_image(folder / f"im{i}.png"), 32) for i in range(len(CAPTIONS))]
-    )
-    texts = [c for caps in CAPTIONS for c in caps]
-    ids = np.array([i for i, caps in enumerate(CAPTIONS) for _ in caps])
-    return evaluate_retrieval(*as_encoders(model), images, texts, ids, batch_size=3)
-
-
-def test_eval_retrieval_writes_results_table_and_png(model_dir, pairs, tmp_path, capsys):
+def test_eval_retrieval_writes_results_table_and_png(model_dir, pairs, tmp_path, capsys, helpers):
     out = tmp_path / "out"
     argv = ["eval", "--model", str(model_dir), "retrieval", "--pairs", str(pairs)]
     rc = main([*argv, "--out", str(out), "--batch-size", "4", "--device", "cpu"])
@@ -74,7 +52,7 @@ def test_eval_retrieval_writes_results_table_and_png(model_dir, pairs, tmp_path,
     assert res["model_config"]["vit"]["image_size"] == 32
 
     m = res["metrics"]
-    want = direct_retrieval(clippo.load(model_dir), tmp_path / "images")
+    want = helpers.direct_retrieval(clippo.load(model_dir), tmp_path / "images", batch_size=3)
     assert {k: m[k] for k in RECALL_KEYS} == pytest.approx({k: want[k] for k in RECALL_KEYS})
     assert (m["n_images"], m["n_texts"]) == (5, 8)
     assert m["n_skipped"] == 1 and m["skipped"][0][0] == "images/broken.jpg"
@@ -154,7 +132,7 @@ TINY = [
 ]  # fmt: skip
 
 
-def test_train_logs_eval_metrics(pairs, tmp_path):
+def test_train_logs_eval_metrics(pairs, tmp_path, helpers):
     toml = tmp_path / "run.toml"
     toml.write_text(
         'preset = "demo"\n\n[[eval]]\nkind = "retrieval"\n'
@@ -171,7 +149,7 @@ def test_train_logs_eval_metrics(pairs, tmp_path):
     (ckpt,) = sorted((run / "checkpoints").iterdir())
     saved = json.loads((ckpt / "train_config.json").read_text())
     assert saved["eval"][0]["path"] == str(pairs)
-    want = direct_retrieval(clippo.load(ckpt), tmp_path / "images")
+    want = helpers.direct_retrieval(clippo.load(ckpt), tmp_path / "images", batch_size=3)
     got = {k: last[f"eval/retrieval/{k}"] for k in RECALL_KEYS}
     assert got == pytest.approx({k: want[k] for k in RECALL_KEYS})
 

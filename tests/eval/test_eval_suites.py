@@ -12,9 +12,7 @@ from PIL import Image
 
 from clippo.data.images import decode_image
 from clippo.eval.datasets import load_images, read_pairs
-from clippo.eval.encoders import as_encoders
 from clippo.eval.hooks import EvalHook, make_hooks
-from clippo.eval.retrieval import evaluate_retrieval
 from clippo.eval.suites import (
     SUITES,
     TEMPLATE_SETS,
@@ -30,27 +28,12 @@ from clippo.preprocess import preprocess, resize_uint8
 from clippo.prompts import CLIP_PAPER_TEMPLATES
 from clippo.train_config import EvalSpec
 
-# At 32 px a rendered text shows its first ~8 characters (2 lines): captions differ early.
-CAPTIONS = [["red 1", "sun"], ["blue 2"], ["cat 3", "big"], ["dog 4"], ["owl 5", "far"]]
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return CLIPPO.from_variant("tiny-test", image_size=32).eval()
-
-
-def write_image(path: Path, seed: int, size: tuple[int, int] = (24, 40)) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path)
-
 
 @pytest.fixture()
-def pairs(tmp_path) -> Path:
+def pairs(tmp_path, helpers) -> Path:
     rows = ["image,caption"]
-    for i, caps in enumerate(CAPTIONS):
-        write_image(tmp_path / f"im{i}.png", i)
+    for i, caps in enumerate(helpers.captions):
+        helpers.write_image(tmp_path / f"im{i}.png", i)
         rows += [f"im{i}.png,{c}" for c in caps]
     (tmp_path / "broken.png").write_bytes(b"not an image")
     rows.append("broken.png,lost")
@@ -58,18 +41,8 @@ def pairs(tmp_path) -> Path:
     return tmp_path / "pairs.csv"
 
 
-def direct_retrieval(model, folder: Path, captions=CAPTIONS) -> dict:
-    """evaluate_retrieval on images decoded and resized one by one (no suite code)."""
-    images = np.stack(
-        [resize_uint8(decode_image(folder / f"im{i}.png"), 32) for i in range(len(captions))]
-    )
-    texts = [c for caps in captions for c in caps]
-    ids = np.array([i for i, caps in enumerate(captions) for _ in caps])
-    return evaluate_retrieval(*as_encoders(model), images, texts, ids, batch_size=2)
-
-
-def test_retrieval_suite_matches_evaluate_retrieval(model, pairs, tmp_path):
-    want = direct_retrieval(model, tmp_path)
+def test_retrieval_suite_matches_evaluate_retrieval(model, pairs, tmp_path, helpers):
+    want = helpers.direct_retrieval(model, tmp_path)
     spec = EvalSpec("retrieval", str(pairs), batch_size=3)
     got = retrieval_suite(model, spec, num_workers=2, examples_png=tmp_path / "ex.png")
     assert got["n_skipped"] == 1 and got["skipped"][0][0] == "broken.png"
@@ -101,14 +74,14 @@ def test_image_embeddings_files_and_memory_match_the_model(model, pairs, tmp_pat
     assert not np.allclose(z2, want, atol=1e-3)  # the inputs did differ
 
 
-def test_retrieval_max_examples_takes_evenly_spaced_images(model, pairs, tmp_path):
+def test_retrieval_max_examples_takes_evenly_spaced_images(model, pairs, tmp_path, helpers):
     spec = EvalSpec("retrieval", str(pairs), max_examples=3)  # of 6 images: 0, 2, 4
     got = run_suite(model, spec)
     assert got["n_images"] == 3 and got["n_skipped"] == 0
-    subset = [CAPTIONS[0], CAPTIONS[2], CAPTIONS[4]]
+    subset = [helpers.captions[0], helpers.captions[2], helpers.captions[4]]
     for i, j in enumerate((0, 2, 4)):
-        write_image(tmp_path / "sub" / f"im{i}.png", j)
-    want = direct_retrieval(model, tmp_path / "sub", subset)
+        helpers.write_image(tmp_path / "sub" / f"im{i}.png", j)
+    want = helpers.direct_retrieval(model, tmp_path / "sub", subset)
     assert {k: got[k] for k in want} == pytest.approx(want)
 
 
@@ -148,11 +121,11 @@ def naive_zeroshot(model, images_u8, labels, names, templates):
     return float((pred == labels).mean()), pred
 
 
-def test_zeroshot_suite_imagefolder_matches_naive(model, tmp_path):
+def test_zeroshot_suite_imagefolder_matches_naive(model, tmp_path, helpers):
     classes = ["red_apple", "Blue Car", "owl"]
     for c, cls in enumerate(classes):
         for k in range(3):
-            write_image(tmp_path / "tree" / cls / f"{k}.png", 10 * c + k, (20 + 4 * k, 36))
+            helpers.write_image(tmp_path / "tree" / cls / f"{k}.png", 10 * c + k, (20 + 4 * k, 36))
     (tmp_path / "tree/owl/corrupt.jpg").write_bytes(b"\xff\xd8 nope")
     templates = ("a photo of a {}.", "{}, drawn.")
     spec = EvalSpec("zeroshot", str(tmp_path / "tree"), templates=templates, canonicalize=True)
@@ -198,7 +171,9 @@ def test_registry_and_kind_checks(model, pairs):
         zeroshot_suite(model, EvalSpec("zeroshot", "x"), data=read_pairs(pairs))
 
 
-def test_hooks_prefix_scalars_and_cache_decoded_images(model, pairs, tmp_path, monkeypatch):
+def test_hooks_prefix_scalars_and_cache_decoded_images(
+    model, pairs, tmp_path, monkeypatch, helpers
+):
     import clippo.eval.hooks as hooks_mod
 
     calls = []
@@ -210,7 +185,7 @@ def test_hooks_prefix_scalars_and_cache_decoded_images(model, pairs, tmp_path, m
     first = hook(model, 10)
     second = hook(model, 20)
     assert calls == [32]  # decoded once, at the model's size
-    want = direct_retrieval(model, tmp_path)
+    want = helpers.direct_retrieval(model, tmp_path)
     for k in ("img2txt/r@1", "img2txt/r@5", "txt2img/r@1", "txt2img/r@10"):
         assert first[f"eval/coco/{k}"] == pytest.approx(want[k])
     assert first["eval/coco/n_skipped"] == 1 and first["eval/coco/seconds"] >= 0
@@ -221,12 +196,12 @@ def test_hooks_prefix_scalars_and_cache_decoded_images(model, pairs, tmp_path, m
     }
 
 
-def test_hooks_fail_at_build_time(tmp_path, pairs):
+def test_hooks_fail_at_build_time(tmp_path, pairs, helpers):
     with pytest.raises(FileNotFoundError, match="missing.csv"):
         make_hooks([EvalSpec("retrieval", str(tmp_path / "missing.csv"))])
     with pytest.raises(ValueError, match="share the name"):
         make_hooks([EvalSpec("retrieval", str(pairs)), EvalSpec("retrieval", str(pairs))])
-    write_image(tmp_path / "tree/a/0.png", 0)
+    helpers.write_image(tmp_path / "tree/a/0.png", 0)
     (tmp_path / "t.txt").write_text("a {}\nbad\n")
     with pytest.raises(ValueError, match=r"t\.txt:2"):
         EvalHook(EvalSpec("zeroshot", str(tmp_path / "tree"), templates=str(tmp_path / "t.txt")))

@@ -1,0 +1,39 @@
+"""clippo.atomic: the new file appears whole or not at all; the old one survives any failure."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from clippo.atomic import atomic_path, write_bytes_atomic, write_json_atomic, write_text_atomic
+
+
+def test_writes_create_parents_and_replace(tmp_path):
+    path = tmp_path / "a" / "b" / "f.json"
+    assert write_json_atomic({"b": 1, "a": [1.5]}, path, sort_keys=True) == path
+    assert path.read_text() == '{\n  "a": [\n    1.5\n  ],\n  "b": 1\n}\n'
+    write_text_atomic(path, "héllo")
+    assert path.read_bytes() == "héllo".encode()
+    write_bytes_atomic(path, b"\x00\x01")
+    assert path.read_bytes() == b"\x00\x01"
+    assert os.listdir(path.parent) == ["f.json"]
+
+
+def test_failures_keep_the_old_file_and_leave_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / "f.txt"
+    path.write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(path) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
+    with pytest.raises(TypeError):  # unserialisable: fails before anything is written
+        write_json_atomic({"x": object()}, path)
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        write_text_atomic(path, "new")
+    assert path.read_text() == "old"
+    assert os.listdir(tmp_path) == ["f.txt"]
