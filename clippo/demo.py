@@ -11,7 +11,7 @@ combinations: image->text and text->image retrieval over 100 held-out pairs with
 captions (chance R@1 = 1%), and zero-shot colour and shape classification (chance 1/8).
 
 The recipe (`RECIPE`, applied over the `demo` preset so the demo runs it whatever the preset
-holds) came from a sweep on a 2-core CPU (see the module's constants for the reasons):
+holds) came from a sweep on this project's 2-core CPU:
 - sigmoid loss: with the softmax loss and batch 64 the embeddings collapse to one point within
   ~50 steps and sit at chance for 150-450 steps; the sigmoid loss has no such plateau;
 - text/text pairs at 25% of each batch: with none, the model never learns to read in the time
@@ -19,9 +19,9 @@ holds) came from a sweep on a 2-core CPU (see the module's constants for the rea
 - 96 px (every caption still fits), patch 16: 112 and 128 px learn less in the same time;
 - 4 blocks of width 128 (2 heads): 1.8x the steps per second of width 192, and more steps
   beat more width here (held-out R@1 0.59 after 1,100 steps vs 0.44 after 600 at width 192);
-- batch 128 (better than 64 for the same time), AdamW (beta2 0.95), peak lr 5e-4 (1e-3 with a
-  short warm-up stays at chance), cosine schedule, clipping 1.0, temperature init 10 (20
-  stays at chance);
+- batch 128 (better than 64 for the same time), AdamW (beta2 0.95), peak lr 5e-4 (1e-3 stayed
+  at chance with a 30-step warm-up, and was no better with 100), cosine schedule, clipping 1.0,
+  temperature init 10 (20 stayed at chance);
 - bf16 only where the probe finds it faster: at width 128 it is slower on this project's CPU
   (AMX), at width 192 and 96 px about even; so this recipe runs in float32 there.
 """

@@ -15,6 +15,7 @@ from clippo.cli import main
 from clippo.data import synthetic
 from clippo.demo import (
     RECIPE,
+    caption_prompts,
     chance_levels,
     demo_plan,
     probe_precision,
@@ -148,3 +149,19 @@ def test_every_demo_caption_fits_the_canvas(tmp_path):
             assert check(text), f"caption does not fit {size}px: {text!r}"
     # the check can fail: a caption twice as long does not fit
     assert not check(synthetic.caption(scenes[0], synthetic.CAPTION_TEMPLATES[8]) * 2)
+
+
+def test_caption_prompts_are_training_captions_with_the_class_left_open(tmp_path):
+    world = scene_config(demo_plan(tmp_path, "fp32").train)
+    prompts = caption_prompts(world, "shape")
+    assert len(prompts) == len(world.colours) * len(world.sizes) * len(world.positions)
+    assert all(p.count("{}") == 1 for p in prompts)
+    scene = synthetic.Scene("red", "star", "small", "left", 1)
+    assert prompts[0].replace("{}", "star") == synthetic.caption(
+        synthetic.Scene(world.colours[0], "star", world.sizes[0], world.positions[0], 1),
+        synthetic.CAPTION_TEMPLATES[0],
+    )
+    filled = {p.replace("{}", "star") for p in prompts}
+    assert synthetic.caption(scene, synthetic.CAPTION_TEMPLATES[0]) in filled
+    with pytest.raises(ValueError, match="task"):
+        caption_prompts(world, "size")
