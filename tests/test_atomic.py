@@ -37,3 +37,10 @@ def test_failures_keep_the_old_file_and_leave_no_temp(tmp_path, monkeypatch):
         write_text_atomic(path, "new")
     assert path.read_text() == "old"
     assert os.listdir(tmp_path) == ["f.txt"]
+
+
+def test_written_files_are_readable_by_others(tmp_path):
+    from clippo.atomic import write_text_atomic
+
+    path = write_text_atomic(tmp_path / "results.json", "{}")
+    assert path.stat().st_mode & 0o777 == 0o644
