@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from clippo.model import CLIPPO
+from clippo.model.one_tower import CLIPPO
 from clippo.render import UnifontRenderer
 
 CAPTIONS = [

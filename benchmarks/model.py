@@ -19,8 +19,8 @@ import time
 import torch
 from torch import nn
 
-from clippo.config import ModelConfig
-from clippo.model import CLIPPO, vit_tower
+from clippo.model.config import ModelConfig
+from clippo.model.one_tower import CLIPPO, vit_tower
 
 
 def bare_timm(cfg: ModelConfig) -> nn.Module:

@@ -30,15 +30,15 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from clippo.config import ModelConfig
 from clippo.data import synthetic
 from clippo.data.collate import PairCollate
 from clippo.data.images import decode_image
 from clippo.data.sources import ImageTextPair, TextPair
+from clippo.model.config import ModelConfig
 from clippo.preprocess import resize_uint8
 from clippo.render import UnifontRenderer
 from clippo.train import Trainer
-from clippo.train_config import (
+from clippo.train.config import (
     CheckpointConfig,
     DataConfig,
     LoggingConfig,
@@ -49,7 +49,7 @@ from clippo.train_config import (
     SourceConfig,
     TrainConfig,
 )
-from clippo.train_data import TrainData
+from clippo.train.data import TrainData
 
 PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "A100": 312.0}
 

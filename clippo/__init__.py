@@ -14,11 +14,11 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _LAZY = {
     "CLIPPO": "clippo.model",
-    "load": "clippo.checkpoint",
-    "load_image_init": "clippo.checkpoint",
-    "ViTConfig": "clippo.config",
-    "ModelConfig": "clippo.config",
-    "VARIANTS": "clippo.config",
+    "load": "clippo.model",
+    "load_image_init": "clippo.model",
+    "ViTConfig": "clippo.model",
+    "ModelConfig": "clippo.model",
+    "VARIANTS": "clippo.model",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from clippo.model import CLIPPO
+from clippo.model.one_tower import CLIPPO
 from clippo.preprocess import images_to_pixels, resize_uint8
 from clippo.prompts import CLIP_BEST_TEMPLATES
 

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from clippo.atomic import atomic_path, write_text_atomic
-from clippo.model import CLIPPO
+from clippo.model.one_tower import CLIPPO
 from clippo.preprocess import images_to_pixels, resize_uint8
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})

@@ -119,7 +119,7 @@ def from_dict(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
         return cls(**kwargs)
     except ConfigError:
         raise
-    except (TypeError, ValueError) as e:  # a section's own validation (e.g. clippo.optim's)
+    except (TypeError, ValueError) as e:  # a section's own validation (e.g. clippo.train.optim's)
         raise ConfigError(f"{prefix or 'config'}: {e}") from None
 
 

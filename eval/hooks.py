@@ -19,8 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from clippo.eval.datasets import CaptionedImages, LabelledImages, load_images
+from clippo.eval.spec import EvalSpec
 from clippo.eval.suites import SUITES, read_spec_data, resolve_prompts
-from clippo.train_config import EvalSpec
 
 __all__ = ["EvalHook", "make_hooks"]
 

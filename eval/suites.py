@@ -37,6 +37,7 @@ from clippo.eval.datasets import (
 from clippo.eval.encoders import as_encoders, embed
 from clippo.eval.results import save_retrieval_examples
 from clippo.eval.retrieval import retrieval_metrics, similarity
+from clippo.eval.spec import EvalSpec
 from clippo.eval.zeroshot import evaluate_zeroshot
 from clippo.preprocess import resize_uint8
 from clippo.prompts import (
@@ -45,7 +46,6 @@ from clippo.prompts import (
     canonical_class_names,
     canonical_templates,
 )
-from clippo.train_config import EvalSpec
 
 __all__ = [
     "SUITES",

@@ -9,7 +9,7 @@ from typing import Any
 
 
 def _run(args: argparse.Namespace) -> int:
-    from clippo.checkpoint import CONFIG_FILE, CheckpointError, convert
+    from clippo.model.checkpoint import CONFIG_FILE, CheckpointError, convert
 
     out = Path(args.out_dir)
     if (out / CONFIG_FILE).exists() and not args.force:

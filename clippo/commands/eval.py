@@ -38,7 +38,7 @@ def _common(p: argparse.ArgumentParser, defaults: bool) -> None:
 
 
 def _spec(args: argparse.Namespace) -> Any:
-    from clippo.train_config import EvalSpec
+    from clippo.eval.spec import EvalSpec
 
     common = dict(max_examples=args.max_examples, batch_size=args.batch_size)
     if args.suite == "retrieval":

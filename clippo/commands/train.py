@@ -14,7 +14,7 @@ EXIT_PREEMPTED = 143  # 128 + SIGTERM: a checkpoint was written, resume with --r
 
 
 def _run(args: argparse.Namespace) -> int:
-    from clippo.train_config import ConfigError, load_train_config
+    from clippo.train.config import ConfigError, load_train_config
 
     overrides = list(args.set or [])
     if args.resume is not None:
@@ -31,9 +31,10 @@ def _run(args: argparse.Namespace) -> int:
     hooks = []
     if cfg.eval:  # the application layer joins evaluation and training (clippo.train never does)
         from clippo.eval.hooks import make_hooks
+        from clippo.eval.spec import specs_from_tables
 
         try:
-            hooks = make_hooks(cfg.eval, progress=cfg.logging.progress)
+            hooks = make_hooks(specs_from_tables(cfg.eval), progress=cfg.logging.progress)
         except (OSError, ValueError) as e:
             print(f"error: [[eval]]: {e}", file=sys.stderr)
             return 2

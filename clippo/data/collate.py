@@ -1,7 +1,7 @@
 """Collation of mixed batches into model input, rendering texts in workers or on the device.
 
     collate = PairCollate(UnifontRenderer(), render_on="worker")
-    loader = mixer.loader(collate, start_step=0, num_workers=4)
+    loader = mixer_loader(mixer, collate, start_step=0, num_workers=4)  # clippo.data.loader
     for batch in loader:
         batch = to_device(batch, "cuda", collate.renderer)
         out = model(images=batch["left_pixels"], texts=batch["right_pixels"])
@@ -22,36 +22,16 @@ equal to the worker-mode values.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
 
-from clippo.data.mixer import BatchMixer, MixedBatch
+from clippo.data.mixer import MixedBatch
 from clippo.data.sources import ImageTextPair, TextPair
 
-__all__ = ["MixerDataset", "PairCollate", "to_device", "as_mixed_batch"]
-
-
-class MixerDataset(IterableDataset):
-    """The mixer's batches as a torch IterableDataset (use DataLoader(batch_size=None)).
-
-    With W DataLoader workers, worker w makes steps start+w, start+w+W, ...; the DataLoader
-    returns them round-robin, i.e. in step order."""
-
-    def __init__(
-        self, mixer: BatchMixer, start_step: int = 0, stop_step: int | None = None
-    ) -> None:
-        self.mixer, self.start_step, self.stop_step = mixer, start_step, stop_step
-
-    def __iter__(self) -> Iterator[MixedBatch]:
-        info = get_worker_info()
-        worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
-        return self.mixer.batches(
-            self.start_step, stop_step=self.stop_step, worker=worker, num_workers=num_workers
-        )
+__all__ = ["PairCollate", "to_device", "as_mixed_batch"]
 
 
 def as_mixed_batch(pairs: Sequence[ImageTextPair | TextPair], step: int = -1) -> MixedBatch:

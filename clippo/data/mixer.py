@@ -7,7 +7,7 @@ running total never drifts from f*B*steps by one or more. The image/text and tex
 split over their sources with a seeded multinomial draw on the weights. Images come first in the
 batch, then text pairs (`is_text_pair` marks them).
 
-Resuming: `mixer.loader(collate, start_step=s)` yields exactly the batches s, s+1, ... of an
+Resuming: `mixer_loader(mixer, collate, start_step=s)` (`clippo.data.loader`) yields exactly the batches s, s+1, ... of an
 uninterrupted run with the same seed, sources, rank/world size and num_workers (DataLoader
 workers are handed consecutive steps round-robin, which is the order the DataLoader returns).
 `state_dict(step)` / `load_state_dict(state)` record and check that fingerprint.
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -248,33 +248,6 @@ class BatchMixer:
             is_text = np.zeros(len(left), dtype=bool)
             is_text[int(n_img.sum()) :] = True
             yield MixedBatch(step, left, right, is_text, keys, stats.pop_delta())
-
-    def dataset(self, start_step: int | None = None, stop_step: int | None = None):
-        """A torch IterableDataset of `MixedBatch`es; use with DataLoader(batch_size=None)."""
-        from clippo.data.collate import MixerDataset  # torch lives there, not here
-
-        first = self.start_step if start_step is None else start_step
-        return MixerDataset(self, first, stop_step)
-
-    def loader(
-        self,
-        collate: Callable[[MixedBatch], Any],
-        *,
-        start_step: int | None = None,
-        stop_step: int | None = None,
-        num_workers: int = 0,
-        **dataloader_kwargs: Any,
-    ):
-        """A DataLoader yielding `collate(batch)` for steps start_step, start_step+1, ..."""
-        from torch.utils.data import DataLoader
-
-        return DataLoader(
-            self.dataset(start_step, stop_step),
-            batch_size=None,
-            num_workers=num_workers,
-            collate_fn=collate,
-            **dataloader_kwargs,
-        )
 
     # -- resume bookkeeping -----------------------------------------------------------------------
 

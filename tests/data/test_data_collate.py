@@ -9,6 +9,7 @@ from PIL import Image
 
 from clippo.data.collate import PairCollate, to_device
 from clippo.data.image_text import CSVImageText, TarShards
+from clippo.data.loader import mixer_loader
 from clippo.data.mixer import BatchMixer, MixerConfig
 from clippo.data.sources import ImageTextPair, TextPair
 from clippo.data.text_pairs import PairFile
@@ -137,13 +138,15 @@ def same(a, b):
 
 def test_dataloader_two_workers_equals_in_process(renderer, mixer_factory):
     collate = PairCollate(renderer)
-    ref = run(mixer_factory(False).loader(collate, stop_step=8, num_workers=0))
+    ref = run(mixer_loader(mixer_factory(False), collate, stop_step=8, num_workers=0))
     assert [x[0] for x in ref] == list(range(8))
-    two = run(mixer_factory(False).loader(collate, stop_step=8, num_workers=2))
+    two = run(mixer_loader(mixer_factory(False), collate, stop_step=8, num_workers=2))
     same(ref, two)  # random-access sources: identical batches, in the same order
     assert sum(x[4].get("image_text/0:csv:img.csv/image_missing", 0) for x in ref) >= 1
     # resuming at an odd step with two workers continues the same sequence
-    resumed = run(mixer_factory(False).loader(collate, start_step=3, stop_step=8, num_workers=2))
+    resumed = run(
+        mixer_loader(mixer_factory(False), collate, start_step=3, stop_step=8, num_workers=2)
+    )
     same(ref[3:], resumed)
 
 
@@ -153,7 +156,7 @@ def test_dataloader_sharded_source_same_samples_any_workers(renderer, mixer_fact
     for workers in (0, 2):
         # 3 images per batch: 4 steps hold 12 images, one epoch of both shards in either case
         # (one reader of both shards, or two workers reading one shard each)
-        loader = mixer_factory(True).loader(collate, stop_step=4, num_workers=workers)
+        loader = mixer_loader(mixer_factory(True), collate, stop_step=4, num_workers=workers)
         keys[workers] = [
             k for b in loader for k, t in zip(b["keys"], b["is_text_pair"].tolist()) if not t
         ]

@@ -14,7 +14,7 @@ from PIL import Image
 from clippo.data.images import decode_image
 from clippo.eval.encoders import as_encoders
 from clippo.eval.retrieval import evaluate_retrieval
-from clippo.model import CLIPPO
+from clippo.model.one_tower import CLIPPO
 from clippo.preprocess import resize_uint8
 
 # At 32 px a rendered text shows its first ~8 characters (2 lines): captions differ early.

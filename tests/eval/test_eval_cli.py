@@ -13,7 +13,7 @@ from PIL import Image
 import clippo
 from clippo.cli import main
 from clippo.preprocess import preprocess
-from clippo.train_log import read_metrics
+from clippo.train.log import read_metrics
 
 RECALL_KEYS = [f"{d}/r@{k}" for d in ("img2txt", "txt2img") for k in (1, 5, 10)]
 

@@ -13,6 +13,7 @@ from PIL import Image
 from clippo.data.images import decode_image
 from clippo.eval.datasets import load_images, read_pairs
 from clippo.eval.hooks import EvalHook, make_hooks
+from clippo.eval.spec import EvalSpec
 from clippo.eval.suites import (
     SUITES,
     TEMPLATE_SETS,
@@ -23,10 +24,9 @@ from clippo.eval.suites import (
     run_suite,
     zeroshot_suite,
 )
-from clippo.model import CLIPPO
+from clippo.model.one_tower import CLIPPO
 from clippo.preprocess import preprocess, resize_uint8
 from clippo.prompts import CLIP_PAPER_TEMPLATES
-from clippo.train_config import EvalSpec
 
 
 @pytest.fixture()

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import clippo
-from clippo.checkpoint import CheckpointError, load_image_init
 from clippo.cli import main as cli_main
-from clippo.model import CLIPPO
+from clippo.model.checkpoint import CheckpointError, load_image_init
+from clippo.model.one_tower import CLIPPO
 
 # ---- a big_vision ViT written out in numpy (flax semantics), independent of the port -------------
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import clippo
-from clippo.config import VARIANTS, ModelConfig, ViTConfig
-from clippo.model import CLIPPO
+from clippo.model.config import VARIANTS, ModelConfig, ViTConfig
+from clippo.model.one_tower import CLIPPO
 from clippo.render import RenderConfig
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from clippo.distributed import (
+from clippo.train.distributed import (
     DistInfo,
     all_gather_with_grad,
     all_reduce_mean,
@@ -42,7 +42,7 @@ class _Tiny(nn.Module):
 
     def __init__(self, kind: str, gather: bool, local_loss: bool) -> None:
         super().__init__()
-        from clippo.loss import ContrastiveLoss
+        from clippo.train.loss import ContrastiveLoss
 
         torch.manual_seed(0)
         self.enc = nn.Linear(6, 4)
@@ -65,7 +65,7 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
 def _worker(out_dir: str) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from clippo.distributed import cleanup, get_rank
+    from clippo.train.distributed import cleanup, get_rank
 
     info = init_distributed(device="cpu")
     assert info.world_size == WORLD and info.device.type == "cpu"

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from clippo.loss import (
+from clippo.train.loss import (
     ContrastiveLoss,
     sigmoid_contrastive_loss,
     sigmoid_contrastive_loss_local,

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from clippo.optim import (
+from clippo.train.optim import (
     Adafactor,
     OptimConfig,
     build_optimizer,
@@ -20,7 +20,7 @@ from clippo.optim import (
     param_groups,
     set_lr,
 )
-from clippo.schedule import ScheduleConfig, build_schedule
+from clippo.train.schedule import ScheduleConfig, build_schedule
 
 # ---------------------------------------------------------------- schedules
 

@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from clippo.train_log import MetricsLogger, read_metrics
-from clippo.train_state import (
+from clippo.train.log import MetricsLogger, read_metrics
+from clippo.train.state import (
     STATE_FILE,
     TrainerState,
     checkpoint_dir,
@@ -81,7 +81,7 @@ SLOW_RUN = textwrap.dedent(
     """
     import sys, time
     from clippo.train import train
-    from clippo.train_config import load_train_config
+    from clippo.train.config import load_train_config
 
     def slow(model, step):
         time.sleep(0.4)
@@ -274,7 +274,7 @@ def test_in_process_resume_with_sigmoid_loss_restores_the_bias(tmp_path):
     """Resume from an explicit checkpoint path (into a new run directory): the sigmoid loss's
     learned bias and the AdamW state come back, so the last steps repeat exactly."""
     from clippo.train import train
-    from clippo.train_config import CheckpointConfig, LoggingConfig, LoopConfig
+    from clippo.train.config import CheckpointConfig, LoggingConfig, LoopConfig
 
     sys.path.insert(0, str(Path(__file__).parent))
     from test_trainer import factory, random_pairs, tiny_config
@@ -302,7 +302,7 @@ def test_in_process_resume_with_sigmoid_loss_restores_the_bias(tmp_path):
 
 def test_fresh_run_refuses_a_run_dir_with_checkpoints(tmp_path):
     from clippo.train import train
-    from clippo.train_config import ConfigError
+    from clippo.train.config import ConfigError
 
     sys.path.insert(0, str(Path(__file__).parent))
     from test_trainer import factory, random_pairs, tiny_config

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from clippo.train_config import (
+from clippo.train.config import (
     PRESETS,
     ConfigError,
     TrainConfig,
@@ -31,7 +31,7 @@ def test_presets_resolve_and_round_trip(name):
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_preset_sources_name_known_kinds(name):
     from clippo.data.registry import SOURCE_KINDS
-    from clippo.train_data import SYNTHETIC_KINDS
+    from clippo.train.data import SYNTHETIC_KINDS
 
     cfg = preset(name)
     for src in (*cfg.data.image_text, *cfg.data.text_pairs):

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 import clippo
 from clippo.train import NonFiniteLossError, Trainer, build_model, train
-from clippo.train_config import (
+from clippo.train.config import (
     CheckpointConfig,
     DataConfig,
     LoggingConfig,
@@ -29,8 +29,8 @@ from clippo.train_config import (
     SourceConfig,
     TrainConfig,
 )
-from clippo.train_log import read_metrics
-from clippo.train_state import list_checkpoints
+from clippo.train.log import read_metrics
+from clippo.train.state import list_checkpoints
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SYNTHETIC = DataConfig(
@@ -253,8 +253,8 @@ DDP_SCRIPT = textwrap.dedent(
     """
     import sys, torch
     from clippo.train import train
-    from clippo.train_config import load_train_config
-    from clippo import distributed as cdist
+    from clippo.train.config import load_train_config
+    import clippo.train.distributed as cdist
 
     cfg = load_train_config(sys.argv[1])
     info = cdist.init_distributed(device="cpu")

@@ -9,7 +9,7 @@
 - `image_init_params` / `tower_state_dict`: the ImageNet-21k AugReg ViT ("I21k init") tree ->
   tower weights (pre-linen renumbering, class-token slot dropped, position embedding resampled).
 
-Building the model from these lives in `clippo.checkpoint`.
+Building the model from these lives in `clippo.model.checkpoint`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clippo.config import ModelConfig, ViTConfig
+from clippo.model.config import ModelConfig, ViTConfig
 
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 

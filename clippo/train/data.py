@@ -14,10 +14,11 @@ from typing import Any
 import torch
 
 from clippo.data.collate import PairCollate, to_device
+from clippo.data.loader import mixer_loader
 from clippo.data.mixer import BatchMixer, MixerConfig
 from clippo.data.registry import build_source
 from clippo.data.sources import MapSource, ShardedSource
-from clippo.train_config import ConfigError, DataConfig, SourceConfig
+from clippo.train.config import ConfigError, DataConfig, SourceConfig
 
 SYNTHETIC_KINDS = ("synthetic", "synthetic_paraphrase")  # clippo.data.synthetic (demo corpus)
 
@@ -109,8 +110,8 @@ class TrainData:
         kwargs: dict[str, Any] = {"pin_memory": self.pin_memory}
         if self.num_workers:
             kwargs["prefetch_factor"] = self.prefetch
-        loader = self.mixer.loader(
-            self.collate, start_step=start_step, num_workers=self.num_workers, **kwargs
+        loader = mixer_loader(
+            self.mixer, self.collate, start_step=start_step, num_workers=self.num_workers, **kwargs
         )
         return iter(loader)
 

@@ -1,7 +1,7 @@
 """Learning-rate schedules as big_vision's `utils.create_learning_rate_schedule`.
 
 A schedule is a pure function of the 0-based update count, returning a multiplier in [0, 1] of
-the peak learning rate (`clippo.optim.set_lr` applies it).
+the peak learning rate (`clippo.train.optim.set_lr` applies it).
 """
 
 from __future__ import annotations

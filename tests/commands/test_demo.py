@@ -12,8 +12,7 @@ from PIL import Image
 
 import clippo
 from clippo.cli import main
-from clippo.data import synthetic
-from clippo.demo import (
+from clippo.commands.demo import (
     RECIPE,
     caption_prompts,
     chance_levels,
@@ -22,8 +21,9 @@ from clippo.demo import (
     result_rows,
     scene_config,
 )
+from clippo.data import synthetic
 from clippo.render import UnifontRenderer
-from clippo.train_config import ConfigError, config_from_dict
+from clippo.train.config import ConfigError, config_from_dict
 
 METRICS = (
     "img2txt/r@1",

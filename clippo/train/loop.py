@@ -27,15 +27,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from clippo import distributed as cdist
-from clippo.loss import ContrastiveLoss
-from clippo.model import CLIPPO
-from clippo.optim import build_optimizer, set_lr
-from clippo.schedule import build_schedule
-from clippo.train_config import ConfigError, ModelSection, TrainConfig
-from clippo.train_data import TrainData, batch_pixels
-from clippo.train_log import METRICS_FILE, MetricsLogger, Progress, plot_loss_curve
-from clippo.train_state import (
+import clippo.train.distributed as cdist
+from clippo.model.one_tower import CLIPPO
+from clippo.train.config import ConfigError, ModelSection, TrainConfig
+from clippo.train.data import TrainData, batch_pixels
+from clippo.train.log import METRICS_FILE, MetricsLogger, Progress, plot_loss_curve
+from clippo.train.optim import build_optimizer, set_lr
+from clippo.train.precision import use_bf16
+from clippo.train.schedule import build_schedule
+from clippo.train.state import (
     TrainerState,
     gather_full_state,
     list_checkpoints,
@@ -47,6 +47,7 @@ from clippo.train_state import (
     set_rng_state,
     sigterm_flag,
 )
+from clippo.train.step import ContrastiveStep
 
 Batch = Mapping[str, Any] | tuple[Any, Any]
 DataFactory = Callable[[int], Iterator[Batch]]
@@ -80,61 +81,10 @@ def build_model(m: ModelSection) -> CLIPPO:
     if m.init_from:
         if not Path(m.init_from).is_file():
             raise ConfigError(f"model.init_from: no such file {m.init_from!r}")
-        from clippo.checkpoint import load_image_init
+        from clippo.model.checkpoint import load_image_init
 
         load_image_init(m.init_from, model)
     return model
-
-
-def use_bf16(precision: str, device: torch.device) -> bool:
-    """ "bf16"/"fp32" as given; "auto": bf16 where it is supported and (on CPU) measured faster."""
-    if precision != "auto":
-        return precision == "bf16"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    a32 = torch.randn(384, 384)
-
-    def best(a: Tensor) -> float:
-        times = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            for _ in range(4):
-                a @ a
-            times.append(time.perf_counter() - t0)
-        return min(times)
-
-    with torch.no_grad():
-        return best(a32.bfloat16()) < 0.8 * best(a32)
-
-
-class ContrastiveStep(nn.Module):
-    """Model + loss in one module so DDP/FSDP cover every trainable parameter (and the sigmoid
-    loss's learned bias). `forward(left, right)` -> loss; with `cache` (gradient accumulation),
-    this micro-batch's fresh embeddings replace entry `index` of the cached ones first, and
-    only the micro-step with `grad_scale=True` passes gradients to t and the bias (each
-    micro-step computes the whole loss, so they would otherwise be counted n times)."""
-
-    def __init__(self, model: CLIPPO, kind: str, local_loss: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.loss = ContrastiveLoss(kind, gather=True, local_loss=local_loss)
-        self.logit_bias = nn.Parameter(torch.full((1,), -10.0)) if kind == "sigmoid" else None
-
-    def forward(self, left: Tensor, right: Tensor, cache=None, index: int = 0,
-                grad_scale: bool = True, embed_only: bool = False):  # fmt: skip
-        out = self.model(images=left, texts=right)
-        zl, zr = out["zimg"].float(), out["ztxt"].float()  # the loss runs in float32
-        if embed_only:
-            return zl, zr
-        scale, bias = out["logit_scale"].float(), self.logit_bias
-        if cache is not None:
-            zls, zrs = list(cache[0]), list(cache[1])
-            zls[index], zrs[index] = zl, zr
-            zl, zr = torch.cat(zls), torch.cat(zrs)
-            if not grad_scale:
-                scale = scale.detach()
-                bias = None if bias is None else bias.detach()
-        return self.loss(zl, zr, scale, bias)
 
 
 def _chunks(side: Any, n: int) -> list[Any]:
@@ -169,7 +119,7 @@ class Trainer:
             )
         optim_state: dict[str, Any] = {}
         if resume is not None:
-            from clippo.checkpoint import load_dir
+            from clippo.model.checkpoint import load_dir
 
             self.state, optim_state, _ = load_checkpoint(resume)
             model = load_dir(resume).train()

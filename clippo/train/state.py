@@ -222,7 +222,7 @@ def gather_full_state(
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-    from clippo.model import CLIPPO
+    from clippo.model.one_tower import CLIPPO
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     msd, osd = get_state_dict(module, optimizer, options=opts)

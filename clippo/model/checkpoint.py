@@ -2,7 +2,7 @@
 
 Three inputs load with `clippo.load(path)`:
 - a big_vision `.npz` as released (`params/...` keys; `opt/...` ignored; bfloat16 arrays stored
-  as numpy void `V2`). All sizes are inferred from the array shapes (see `clippo.bigvision`).
+  as numpy void `V2`). All sizes are inferred from the array shapes (see `clippo.model.bigvision`).
 - a directory written by `CLIPPO.save`: `config.json` + `model.safetensors`.
 - a trainer checkpoint directory: the same two files plus extras (ignored here).
 
@@ -16,12 +16,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
-from clippo.atomic import atomic_path, write_json_atomic
-from clippo.bigvision import (
+from clippo.model.bigvision import (
     CheckpointError,
     image_init_params,
     infer_config,
@@ -31,17 +29,15 @@ from clippo.bigvision import (
     state_dict_from_big_vision,
     tower_state_dict,
 )
-from clippo.config import ModelConfig, ViTConfig
-
-if TYPE_CHECKING:
-    from clippo.model import CLIPPO
-
-FORMAT = "clippo-model"
-FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-TORCH_WEIGHTS_FILES = ("pytorch_model.bin", "model.pt")  # read with weights_only=True only
-
+from clippo.model.config import ModelConfig, ViTConfig
+from clippo.model.files import (
+    CONFIG_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    TORCH_WEIGHTS_FILES,
+    WEIGHTS_FILE,
+)
+from clippo.model.one_tower import CLIPPO
 
 # ---- big_vision .npz -> CLIPPO ------------------------------------------------------------------
 
@@ -57,8 +53,6 @@ def load_npz(path: str | os.PathLike) -> CLIPPO:
 
 def _with_weights(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> CLIPPO:
     """CLIPPO(cfg) holding exactly `state` (checked already), in float32 and eval mode."""
-    from clippo.model import CLIPPO
-
     with torch.device("meta"):  # skip the random init that the weights replace anyway
         model = CLIPPO(cfg)
     state = {k: v.to(torch.float32) for k, v in state.items()}
@@ -67,19 +61,6 @@ def _with_weights(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> CLIPPO:
 
 
 # ---- save / load directories --------------------------------------------------------------------
-
-
-def save(model: CLIPPO, directory: str | os.PathLike) -> None:
-    """Write `config.json` (format, version, model + renderer config) and `model.safetensors`."""
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(directory / WEIGHTS_FILE) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt"})
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model.config.to_dict()}
-    write_json_atomic(meta, directory / CONFIG_FILE)
 
 
 def read_config(directory: str | os.PathLike) -> ModelConfig:
@@ -130,8 +111,6 @@ def _read_weights(directory: Path) -> tuple[Path, dict[str, torch.Tensor]]:
 
 def load_dir(directory: str | os.PathLike) -> CLIPPO:
     """A directory from `CLIPPO.save` or the trainer -> CLIPPO."""
-    from clippo.model import CLIPPO
-
     directory = Path(directory)
     cfg = read_config(directory)
     with torch.device("meta"):
@@ -178,8 +157,6 @@ def load_image_init(path: str | os.PathLike, model: CLIPPO | None = None) -> CLI
     With `model=None` a new CLIPPO is built with the file's tower sizes, MAP pooling and
     out_dim = width; otherwise `model` is filled in place (sizes must match) and returned.
     """
-    from clippo.model import CLIPPO
-
     path = Path(path)
     params = image_init_params(read_npz(path))
     file_vit = infer_vit(params, "", path)

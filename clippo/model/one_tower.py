@@ -19,7 +19,8 @@ from timm.layers import GELUTanh, lecun_normal_
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from clippo.config import ModelConfig, ViTConfig
+from clippo.model.config import ModelConfig, ViTConfig
+from clippo.model.files import save_model
 from clippo.prompts import fill
 
 if TYPE_CHECKING:
@@ -294,6 +295,4 @@ class CLIPPO(nn.Module):
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write `config.json` + `model.safetensors` into `directory` (atomically, per file)."""
-        from clippo.checkpoint import save
-
-        save(self, directory)
+        save_model(directory, self.config.to_dict(), self.state_dict())

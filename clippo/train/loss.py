@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clippo.distributed import all_gather_with_grad, get_rank, is_dist
+from clippo.train.distributed import all_gather_with_grad, get_rank, is_dist
 
 __all__ = [
     "softmax_contrastive_loss",

@@ -1,4 +1,4 @@
-"""Optimisers following big_vision's CLIPPO recipe (schedules: `clippo.schedule`).
+"""Optimisers following big_vision's CLIPPO recipe (schedules: `clippo.train.schedule`).
 
 big_vision (`optax.make` + `scale_by_adafactor` + `utils.create_learning_rate_schedule`) updates
 

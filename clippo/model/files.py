@@ -1,0 +1,36 @@
+"""The saved-model folder: `config.json` (format, version, model + renderer config) beside
+`model.safetensors`. Written here, read by `clippo.model.checkpoint`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clippo.atomic import atomic_path, write_json_atomic
+
+FORMAT = "clippo-model"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TORCH_WEIGHTS_FILES = ("pytorch_model.bin", "model.pt")  # read with weights_only=True only
+
+
+def save_model(
+    directory: str | os.PathLike, config: dict[str, Any], state: Mapping[str, torch.Tensor]
+) -> Path:
+    """Write `config` (a `ModelConfig.to_dict()`) and the weights `state` into `directory`,
+    each file atomically. Returns the directory."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    with atomic_path(directory / WEIGHTS_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": config}
+    write_json_atomic(meta, directory / CONFIG_FILE)
+    return directory
