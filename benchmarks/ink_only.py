@@ -36,8 +36,10 @@ def main() -> None:
     model = CLIPPO.from_variant(args.variant, image_size=224).eval().to(args.device)
     texts = (CAPTIONS * (args.batch // len(CAPTIONS) + 1))[: args.batch]
     pixels, ink = UnifontRenderer().render_torch(texts, args.device, return_ink=True)
-    print(f"{args.variant}, batch {args.batch}, {args.device}, "
-          f"mean inked patches {ink.flatten(1).sum(1).float().mean():.1f} of {ink[0].numel()}")  # fmt: skip
+    print(
+        f"{args.variant}, batch {args.batch}, {args.device}, "
+        f"mean inked patches {ink.flatten(1).sum(1).float().mean():.1f} of {ink[0].numel()}"
+    )
     rows = []
     for precision in ("fp32", "bf16"):
         ctx = torch.autocast(

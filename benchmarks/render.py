@@ -1,19 +1,26 @@
 """Text rendering throughput: clippo's Unifont renderer vs. the Pillow loops a user would write.
 
-Run: `python benchmarks/render.py` (pins itself to one CPU core). Prints images/s for short
-captions (~50 chars) and paragraphs (~450 chars) in batches of 256, all methods on the same
-strings in the same run:
-  render_batch      clippo, vectorised numpy over the batch
-  __call__          clippo, one string at a time
-  render_torch      clippo, on the torch device (CPU here; CUDA too when present, batch 4,096)
-  Pillow+Unifont    ImageDraw into a 224x224 canvas with Unifont's glyphs as a Pillow bitmap font
-  Pillow TrueType   ImageDraw with a 16-px TrueType font (Pillow's bundled default)
+Run: `python benchmarks/render.py` (pins itself to one CPU core). Prints images/s (medians of 5
+rounds that interleave the methods) for short captions (~50 chars) and paragraphs (~450 chars) in
+batches of 256, all methods on the same strings in the same run, each returning uint8
+[B, 224, 224, 3]:
+  render_batch        clippo, vectorised numpy over the batch
+  __call__            clippo, one string at a time
+  render_torch        clippo, on the torch device (CPU here; CUDA too when present, batch 4,096)
+  Pillow fixed-width  ImageDraw with Unifont's glyphs as a Pillow bitmap font, one `text` call per
+                      line of `size // 8` characters: the reference wraps per character at a fixed
+                      width too, so this is the fair baseline and the ratio column divides by it
+  Pillow textwrap     the same glyphs, canvas and drawing, lines from `textwrap.wrap` (word
+                      wrapping: more work than the reference does)
+  Pillow TrueType     the textwrap loop with a 16-px TrueType font (Pillow's bundled default)
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
+import platform
 import random
 import tempfile
 import textwrap
@@ -97,41 +104,97 @@ def unifont_pil_font(renderer: UnifontRenderer) -> ImageFont.ImageFont:
         return ImageFont.load(os.path.join(tmp, "unifont.pil"))
 
 
-def pillow_loop(font, chars_per_line: int, size: int = 224) -> Callable[[list[str]], np.ndarray]:
+def fixed_width_lines(text: str, chars_per_line: int, max_lines: int) -> list[str]:
+    """Slices of `chars_per_line` characters, as many as the canvas shows."""
+    end = min(len(text), chars_per_line * max_lines)
+    return [text[i : i + chars_per_line] for i in range(0, end, chars_per_line)]
+
+
+def word_wrapped_lines(text: str, chars_per_line: int, max_lines: int) -> list[str]:
+    return textwrap.wrap(text, chars_per_line)[:max_lines]
+
+
+def pillow_loop(
+    font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+    split: Callable[[str, int, int], list[str]],
+    size: int = 224,
+) -> Callable[[list[str]], np.ndarray]:
+    """Texts -> uint8 [B, size, size, 3]: one RGB canvas per text, one `text` call per line.
+
+    Lines hold `size // 8` characters (Unifont's half-width cell is 8 px), 16 px apart.
+    """
+    blank = Image.new("RGB", (size, size), (127, 127, 127))
+    chars, max_lines = size // 8, size // 16
+
     def render(texts: list[str]) -> np.ndarray:
         out = np.empty((len(texts), size, size, 3), np.uint8)
         for i, text in enumerate(texts):
-            canvas = Image.new("L", (size, size), 127)
-            lines = textwrap.wrap(text, chars_per_line)[: size // 16]
-            ImageDraw.Draw(canvas).multiline_text(
-                (0, 0), "\n".join(lines), fill=0, font=font, spacing=0
-            )
-            out[i] = np.asarray(canvas)[:, :, None]
+            canvas = blank.copy()
+            draw = ImageDraw.Draw(canvas)
+            for row, line in enumerate(split(text, chars, max_lines)):
+                draw.text((0, 16 * row), line, fill=(0, 0, 0), font=font)
+            # an RGB canvas converts straight to [H, W, 3]; broadcasting a grey one is slower
+            out[i] = np.asarray(canvas)
         return out
 
     return render
 
 
-def throughput(
-    fn: Callable[[list[str]], object], texts: list[str], seconds: float, sync=None
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def rate(
+    fn: Callable[[list[str]], object],
+    texts: list[str],
+    seconds: float,
+    sync: Callable[[], None] | None = None,
 ) -> float:
-    """Median images/s over 3 timed rounds of at least `seconds` / 3 each."""
-    fn(texts[: min(8, len(texts))])  # warm-up (tables, caches)
-    rates = []
-    for _ in range(3):
-        n, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds / 3:
-            fn(texts)
-            n += len(texts)
-        if sync:
-            sync()
-        rates.append(n / (time.perf_counter() - start))
-    return float(np.median(rates))
+    """Images/s of `fn` on `texts`, called repeatedly for at least `seconds`."""
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        fn(texts)
+        n += len(texts)
+    if sync:
+        sync()
+    return n / (time.perf_counter() - start)
+
+
+def measure(
+    methods: dict[str, Callable[[list[str]], object]],
+    kinds: dict[str, list[str]],
+    seconds: float,
+    rounds: int = 5,
+    sync: Callable[[], None] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Median images/s per method and text kind over `rounds` timed rounds.
+
+    The rounds interleave the methods, so when the machine's load changes during the run, every
+    method sees the change alike and their ratios stay fair.
+    """
+    for fn in methods.values():
+        for texts in kinds.values():
+            fn(texts[:8])  # warm-up (tables, caches)
+    rates: dict[str, dict[str, list[float]]] = {m: {k: [] for k in kinds} for m in methods}
+    for _ in range(rounds):
+        for k, texts in kinds.items():
+            for m, fn in methods.items():
+                rates[m][k].append(rate(fn, texts, seconds / rounds, sync))
+    return {m: {k: float(np.median(v)) for k, v in row.items()} for m, row in rates.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=3.0, help="time per method and text kind")
+    parser.add_argument(
+        "--seconds", type=float, default=3.0, help="seconds per method and text kind"
+    )
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--all-cores", action="store_true", help="do not pin to CPU core 0")
     args = parser.parse_args()
@@ -145,32 +208,39 @@ def main() -> None:
         "captions (50 ch)": make_texts(args.batch, 50, 0),
         "paragraphs (450 ch)": make_texts(args.batch, 450, 1),
     }
-    methods: dict[str, Callable] = {
+    unifont = unifont_pil_font(r)
+    fair = "Pillow + Unifont bitmap, fixed-width slices (as the reference wraps)"
+    methods: dict[str, Callable[[list[str]], object]] = {
         "clippo render_batch": r.render_batch,
         "clippo __call__ loop": lambda ts: [r(t) for t in ts],
         "clippo render_torch (cpu)": lambda ts: r.render_torch(ts, "cpu"),
-        "Pillow + Unifont bitmap font": pillow_loop(unifont_pil_font(r), 30),
-        "Pillow TrueType 16 px": pillow_loop(ImageFont.load_default(size=16), 30),
+        fair: pillow_loop(unifont, fixed_width_lines),
+        "Pillow + Unifont bitmap, textwrap word wrap (more work than the reference)": pillow_loop(
+            unifont, word_wrapped_lines
+        ),
+        "Pillow TrueType 16 px, textwrap word wrap": pillow_loop(
+            ImageFont.load_default(size=16), word_wrapped_lines
+        ),
     }
-    results = {
-        m: {k: throughput(fn, ts, args.seconds) for k, ts in kinds.items()}
-        for m, fn in methods.items()
-    }
+    results = measure(methods, kinds, args.seconds)
     if torch.cuda.is_available():
         big = {k: (ts * (4096 // len(ts) + 1))[:4096] for k, ts in kinds.items()}
-        fn = lambda ts: r.render_torch(ts, "cuda")  # noqa: E731
-        results["clippo render_torch (cuda, batch 4096)"] = {
-            k: throughput(fn, ts, args.seconds, sync=torch.cuda.synchronize)
-            for k, ts in big.items()
-        }
-    base = results["Pillow TrueType 16 px"]
-    header = f"{'method':42s}" + "".join(f"{k + ' img/s':>26s}{'vs TrueType':>13s}" for k in kinds)
-    print(f"Unifont rendering, 224x224, batch {args.batch}, torch threads 1, "
-          f"{'1 core' if not args.all_cores else 'all cores'}")  # fmt: skip
+
+        def on_cuda(texts: list[str]) -> object:
+            return r.render_torch(texts, "cuda")
+
+        cuda = {"clippo render_torch (cuda, batch 4096)": on_cuda}
+        results.update(measure(cuda, big, args.seconds, sync=torch.cuda.synchronize))
+    base = results[fair]
+    width = max(map(len, results)) + 2
+    header = f"{'method':{width}s}" + "".join(f"{k + ' img/s':>27s}{'vs fair':>9s}" for k in kinds)
+    cores = "all cores" if args.all_cores else "1 core"
+    print(f"Unifont rendering, 224x224, batch {args.batch}, torch threads 1, {cores}")
+    print(f"{cpu_name()}, {datetime.date.today().isoformat()}; 'vs fair': / the fixed-width loop")
     print(header)
     print("-" * len(header))
     for m, row in results.items():
-        print(f"{m:42s}" + "".join(f"{row[k]:26,.0f}{row[k] / base[k]:12.1f}x" for k in kinds))
+        print(f"{m:{width}s}" + "".join(f"{row[k]:27,.0f}{row[k] / base[k]:8.2f}x" for k in kinds))
 
 
 if __name__ == "__main__":

@@ -230,18 +230,43 @@ def main() -> None:
                 print(f"done {variant} on {device}", flush=True)
         stages = bench_stages(csv_path, min(args.images, 64))
 
-    print(f"\ntorch {torch.__version__}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, bf16 autocast, AdamW, "
-          f"render on {args.render_on}, median of {args.steps} (pipeline) / {2 * args.steps} (model) steps")  # fmt: skip
-    head = ("device", "variant", "batch", "workers", "model s/step", "model pairs/s",
-            "pipeline s/step", "pipeline pairs/s", "overhead", "model TFLOP/s", "MFU model", "MFU pipeline")  # fmt: skip
+    print(
+        f"\ntorch {torch.__version__}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, "
+        f"bf16 autocast, AdamW, render on {args.render_on}, "
+        f"median of {args.steps} (pipeline) / {2 * args.steps} (model) steps"
+    )
+    head = (
+        "device",
+        "variant",
+        "batch",
+        "workers",
+        "model s/step",
+        "model pairs/s",
+        "pipeline s/step",
+        "pipeline pairs/s",
+        "overhead",
+        "model TFLOP/s",
+        "MFU model",
+        "MFU pipeline",
+    )
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
-        mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
-        pmfu = f"{r['pipe_mfu']:.1%}" if r["pipe_mfu"] is not None else "-"
-        print(f"| {r['device']} | {r['variant']} | {r['batch']} | {r['workers']} | {r['model_step']:.3f} | "
-              f"{r['model_pps']:.1f} | {r['pipe_step']:.3f} | {r['pipe_pps']:.1f} | "
-              f"{r['overhead']:+.1%} | {r['tflops']:.3f} | {mfu} | {pmfu} |")  # fmt: skip
+        cells = (
+            r["device"],
+            r["variant"],
+            r["batch"],
+            r["workers"],
+            f"{r['model_step']:.3f}",
+            f"{r['model_pps']:.1f}",
+            f"{r['pipe_step']:.3f}",
+            f"{r['pipe_pps']:.1f}",
+            f"{r['overhead']:+.1%}",
+            f"{r['tflops']:.3f}",
+            f"{r['mfu']:.1%}" if r["mfu"] is not None else "-",
+            f"{r['pipe_mfu']:.1%}" if r["pipe_mfu"] is not None else "-",
+        )
+        print("| " + " | ".join(str(c) for c in cells) + " |")
     print("\nloader stages, one CPU process, ms per item:")
     print("| decode+resize (per image) | render (per text) | collate (per pair) |")
     print("|---|---|---|")
@@ -251,8 +276,10 @@ def main() -> None:
         + 0.25 * 2 * stages["render"]
         + stages["collate"]
     )
-    print(f"per pair at 25% text/text: {per_pair:.2f} ms of one core "
-          f"-> {1e3 / per_pair:.0f} pairs/s per loader core")  # fmt: skip
+    print(
+        f"per pair at 25% text/text: {per_pair:.2f} ms of one core "
+        f"-> {1e3 / per_pair:.0f} pairs/s per loader core"
+    )
 
 
 if __name__ == "__main__":

@@ -2,8 +2,7 @@
 
 A reader sees the old file or the new one, never a torn one; a failed or interrupted write leaves
 the old file as it was and removes the temporary file. Stdlib only (no torch/numpy imports), so
-every layer above `clippo.render` can use it. (`clippo.render` keeps its own writer: it is the
-bottom layer and imports nothing from `clippo`.)
+every layer can use it, `clippo.render` included: this is the project's one file writer.
 """
 
 from __future__ import annotations
@@ -60,5 +59,5 @@ def write_json_atomic(obj: Any, path: str | os.PathLike, *, sort_keys: bool = Fa
 
     The object is serialised before anything is written, so an unserialisable one raises and
     leaves `path` untouched. Convert numpy values and NaN first where a caller can have them
-    (`clippo.eval.results.write_json` does)."""
+    (`clippo.eval.results.jsonable`)."""
     return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n")

@@ -1,8 +1,7 @@
 """Batch embedding of image folders and text files (the library side of `clippo embed`).
 
-Images are decoded with `clippo.data.images.decode_image`, preprocessed as big_vision does
-(`clippo.preprocess`: bilinear resize without antialias to the model's size, uint8, [-1, 1]) and
-encoded; files that cannot be decoded are skipped and reported. Texts are rendered with the
+Images are decoded and resized with `clippo.data.images.load_image` (big_vision's bilinear
+resize without antialias to the model's size, uint8), mapped to [-1, 1] and encoded; files that cannot be decoded are skipped and reported. Texts are rendered with the
 model's own renderer. Results are written as `.npy` plus a row-aligned `.ids.txt`, or as one
 `.parquet` file with `id` and `embedding` columns.
 """
@@ -14,16 +13,17 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from clippo.atomic import atomic_path, write_text_atomic
+from clippo.data.images import list_images, load_image
 from clippo.model.one_tower import CLIPPO
-from clippo.preprocess import images_to_pixels, resize_uint8
+from clippo.preprocess import images_to_pixels
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 OUTPUT_SUFFIXES = (".npy", ".parquet")
 
 
@@ -34,14 +34,6 @@ class Embeddings:
     vectors: np.ndarray
     ids: list[str]
     skipped: list[tuple[str, str]] = field(default_factory=list)
-
-
-def list_images(directory: str | os.PathLike) -> list[Path]:
-    """Image files (by suffix, case-insensitive) under `directory`, recursively, sorted."""
-    root = Path(directory)
-    if not root.is_dir():
-        raise NotADirectoryError(f"not a directory: {root}")
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def read_texts(path: str | os.PathLike) -> list[str]:
@@ -57,20 +49,8 @@ def read_texts(path: str | os.PathLike) -> list[str]:
     return texts
 
 
-def _autocast(device: torch.device, bf16: bool):
+def _autocast(device: torch.device, bf16: bool) -> torch.autocast:
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
-
-
-def _load_image(path: Path, size: int) -> np.ndarray | str:
-    """uint8 [size, size, 3], or the reason the file was skipped."""
-    from clippo.data.images import ImageDecodeError, decode_image
-
-    try:
-        return resize_uint8(decode_image(path), size)
-    except ImageDecodeError as e:
-        return str(e) or type(e).__name__
-    except OSError as e:  # unreadable file (permissions, vanished)
-        return f"{type(e).__name__}: {e}"
 
 
 def _prefetched(
@@ -98,21 +78,21 @@ def embed_images(
     progress: bool = True,
 ) -> Embeddings:
     """Encode image files; undecodable ones are skipped and listed in `.skipped`."""
-    paths = [Path(p) for p in paths]
-    ids = [str(p) for p in paths] if ids is None else list(ids)
-    if len(ids) != len(paths):
-        raise ValueError(f"{len(ids)} ids for {len(paths)} paths")
+    files = [Path(p) for p in paths]
+    ids = [str(p) for p in files] if ids is None else list(ids)
+    if len(ids) != len(files):
+        raise ValueError(f"{len(ids)} ids for {len(files)} paths")
     device = torch.device(device)
     model = model.to(device).eval()
     size = model.config.vit.image_size
-    id_of = dict(zip(paths, ids))
-    batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+    id_of = dict(zip(files, ids))
+    batches = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
     vectors, kept, skipped = [], [], []
     with (
         ThreadPoolExecutor(max(1, num_workers)) as pool,
-        tqdm(total=len(paths), desc="images", unit="img", disable=not progress) as bar,
+        tqdm(total=len(files), desc="images", unit="img", disable=not progress) as bar,
     ):
-        for batch, loaded in _prefetched(pool, batches, lambda p: _load_image(p, size)):
+        for batch, loaded in _prefetched(pool, batches, lambda p: load_image(p, size)):
             good = [(p, a) for p, a in zip(batch, loaded) if not isinstance(a, str)]
             skipped += [(id_of[p], a) for p, a in zip(batch, loaded) if isinstance(a, str)]
             if good:
@@ -125,7 +105,7 @@ def embed_images(
     return Embeddings(out, kept, skipped)
 
 
-def embed_image_dir(model: CLIPPO, directory: str | os.PathLike, **kwargs) -> Embeddings:
+def embed_image_dir(model: CLIPPO, directory: str | os.PathLike, **kwargs: Any) -> Embeddings:
     """`embed_images` over `list_images(directory)`; ids are paths relative to `directory`."""
     paths = list_images(directory)
     ids = [p.relative_to(directory).as_posix() for p in paths]

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clippo.render.unifont import to_pixels
+
 
 def _interp(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """TF's `compute_interpolation_weights` with `HalfPixelScaler`, in float32."""
@@ -77,12 +79,11 @@ def resize_uint8(image: Image.Image | np.ndarray, size: int | tuple[int, int]) -
 
 def images_to_pixels(images: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
     """big_vision `value_range(-1, 1)`: uint8 [B,H,W,3] (or a list of [H,W,3] of one size)
-    -> float32 [B,3,H,W] = -1 + (x / 255) * 2."""
+    -> float32 [B,3,H,W] = -1 + (x / 255) * 2, on the CPU (`clippo.render.to_pixels`)."""
     batch = np.stack(list(images)) if not isinstance(images, np.ndarray) else images
     if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
         raise ValueError(f"expected uint8 [B, H, W, 3], got {batch.dtype} {batch.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).to(torch.float32)
-    return x / 255 * 2 - 1
+    return torch.from_numpy(to_pixels(batch))
 
 
 def preprocess(images: Sequence[Image.Image | np.ndarray], size: int) -> torch.Tensor:

@@ -7,17 +7,23 @@ dataclasses); unknown keys and wrong types raise `ConfigError` naming the dotted
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # Python 3.10: the same parser, packaged as tomli
+else:  # Python 3.10: the same parser, packaged as tomli
     import tomli as tomllib
 
 __all__ = ["ConfigError", "apply_overrides", "deep_merge", "from_dict", "to_plain"]
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 class ConfigError(ValueError):
@@ -45,8 +51,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     origin = get_origin(tp)
     if tp is Any:
         return value
-    if dataclasses.is_dataclass(tp):
-        if dataclasses.is_dataclass(value) and isinstance(value, tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
             return value
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a table, got {value!r}")
@@ -100,27 +106,44 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"{key}: unsupported annotation {tp!r}")  # a bug in this module
 
 
-def from_dict(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+    """A dict (parsed TOML or JSON) -> dataclass `cls`, type-checked field by field.
+
+    Lists become tuples, ints become floats where a float is declared, nested tables become
+    nested dataclasses. Unknown keys, missing required keys, values of the wrong type and the
+    class's own validation errors raise `ConfigError` naming the dotted key (under `prefix`).
+    A null value for a field whose default is None means that default.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix or cls.__name__}: expected a table, got {data!r}")
     hints = get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+
+    def where(key: str) -> str:
+        return f"{prefix}.{key}" if prefix else key
+
+    # at the top level no dotted key says what was being read, so name the class
+    at = "" if prefix else f" in {cls.__name__}"
     for key in data:
-        if key not in names:
-            where = f"{prefix}.{key}" if prefix else key
-            raise ConfigError(f"unknown key {where!r} (known: {', '.join(names)})")
-    kwargs = {k: _convert(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
-    for f in dataclasses.fields(cls):
+        if key not in fields:
+            raise ConfigError(f"unknown key {where(key)!r}{at} (known: {', '.join(fields)})")
+    kwargs = {
+        k: None if v is None and fields[k].default is None else _convert(v, hints[k], where(k))
+        for k, v in data.items()
+    }
+    for name, f in fields.items():
         if (
-            f.name not in kwargs
+            name not in kwargs
             and f.default is dataclasses.MISSING
             and f.default_factory is dataclasses.MISSING
         ):
-            raise ConfigError(f"missing key {(prefix + '.' if prefix else '') + f.name!r}")
+            raise ConfigError(f"missing key {where(name)!r}{at}")
     try:
         return cls(**kwargs)
     except ConfigError:
         raise
-    except (TypeError, ValueError) as e:  # a section's own validation (e.g. clippo.train.optim's)
-        raise ConfigError(f"{prefix or 'config'}: {e}") from None
+    except (TypeError, ValueError) as e:  # the class's own validation (its __post_init__)
+        raise ConfigError(f"{prefix or cls.__name__}: {e}") from None
 
 
 def deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:

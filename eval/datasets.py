@@ -25,21 +25,20 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from clippo.data.images import IMAGE_SUFFIXES, list_images, load_image
+
 __all__ = [
-    "IMAGE_SUFFIXES",
     "CaptionedImages",
     "LabelledImages",
     "evenly_spaced",
     "read_pairs",
     "read_imagefolder",
     "read_cifar100",
+    "read_cifar100_bin",
     "read_class_names",
     "read_templates",
-    "load_image",
     "load_images",
 ]
-
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 # images: the files to decode, or pixels already in memory (uint8 [N, H, W, 3])
 ImageSource = tuple[Path, ...] | np.ndarray
@@ -255,9 +254,7 @@ def read_imagefolder(
     files: list[Path] = []
     labels: list[int] = []
     for label, folder in enumerate(classes):
-        found = sorted(
-            p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        )
+        found = list_images(folder)
         files += found
         labels += [label] * len(found)
     if not files:
@@ -271,13 +268,36 @@ def read_imagefolder(
     )
 
 
+# A CIFAR-100 binary record: coarse label, fine label, then 3,072 pixel bytes (1,024 red, 1,024
+# green, 1,024 blue, each a row-major 32x32 plane).
+CIFAR_RECORD_BYTES = 2 + 3 * 32 * 32
+
+
+def read_cifar100_bin(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`test.bin`/`train.bin` -> (uint8 images [N,32,32,3], coarse [N], fine [N] int64)."""
+    path = Path(path)
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size == 0 or raw.size % CIFAR_RECORD_BYTES:
+        raise ValueError(
+            f"{path}: {raw.size} bytes is not a whole number of {CIFAR_RECORD_BYTES}-byte records"
+        )
+    records = raw.reshape(-1, CIFAR_RECORD_BYTES)
+    images = records[:, 2:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return (
+        np.ascontiguousarray(images),
+        records[:, 0].astype(np.int64),
+        records[:, 1].astype(np.int64),
+    )
+
+
 def read_cifar100(
     directory: str | os.PathLike, *, split: str = "test", class_names: Sequence[str] | None = None
 ) -> LabelledImages:
     """CIFAR-100 binary version: `<directory>/<split>.bin` + `fine_label_names.txt` (or the
-    `cifar-100-binary/` folder the archive unpacks to, inside `directory`); fine labels."""
-    from clippo.cifar100 import read_cifar100_bin
+    `cifar-100-binary/` folder the archive unpacks to, inside `directory`); fine labels.
 
+    The names file has the 100 fine class names, one per line, in label order (TFDS's names:
+    underscores kept, e.g. `aquarium_fish`)."""
     directory = Path(directory)
     if not (directory / f"{split}.bin").is_file() and (directory / "cifar-100-binary").is_dir():
         directory = directory / "cifar-100-binary"
@@ -317,19 +337,6 @@ def read_templates(path: str | os.PathLike) -> list[str]:
 
 
 # ---- decoding ------------------------------------------------------------------------------------
-
-
-def load_image(path: Path, size: int) -> np.ndarray | str:
-    """big_vision `decode|resize(size)`: uint8 [size, size, 3], or why the file is unusable."""
-    from clippo.data.images import ImageDecodeError, decode_image
-    from clippo.preprocess import resize_uint8
-
-    try:
-        return resize_uint8(decode_image(path), size)
-    except ImageDecodeError as e:
-        return str(e) or e.kind
-    except OSError as e:  # permissions, a file that vanished
-        return f"{type(e).__name__}: {e}"
 
 
 def load_images(

@@ -3,7 +3,7 @@
 Evaluation code only needs two callables: `encode_images(batch) -> [B, D]` and
 `encode_texts(list[str]) -> [B, D]` (numpy arrays or torch tensors). `as_encoders` builds them
 from a CLIPPO model, accepting uint8 images [B, H, W, 3] as the synthetic and decoded datasets
-give them; torch is imported only when a model is passed.
+give them. Embeddings are L2-normalised by the model's own rule (`clippo.model.l2_normalize`).
 """
 
 from __future__ import annotations
@@ -24,10 +24,14 @@ def to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
 
-def l2_normalise(x: np.ndarray, eps: float = 1e-8) -> np.ndarray:
-    """Rows divided by their L2 norm (plus eps, as the model does)."""
-    x = np.asarray(x, dtype=np.float32)
-    return x / (np.linalg.norm(x, axis=-1, keepdims=True) + eps)
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """float32 [N, D] -> the same rows divided by their L2 norm, by the model's `l2_normalize`
+    (`x / (||x|| + 1e-8)`), so that evaluation and model embeddings agree."""
+    import torch  # on first use: importing this module stays cheap (no torch, no timm)
+
+    from clippo.model.one_tower import l2_normalize
+
+    return l2_normalize(torch.from_numpy(np.asarray(x, dtype=np.float32))).numpy()
 
 
 def embed(
@@ -54,7 +58,7 @@ def embed(
                 f"of {len(batch)}; expected [{len(batch)}, D]"
             )
         out.append(z)
-    return l2_normalise(np.concatenate(out))
+    return _unit_rows(np.concatenate(out))
 
 
 def as_encoders(model_or_encoders: Any, *, device: Any = None) -> tuple[Encoder, Encoder]:

@@ -32,7 +32,7 @@ class EvalHook:
         self.spec = spec
         self.prefix = f"eval/{spec.metric_name}/"
         self.num_workers, self.progress = num_workers, progress
-        self.suite = SUITES.get(spec.kind)
+        self.suite = SUITES[spec.kind]
         self._listed = read_spec_data(spec)
         if isinstance(self._listed, LabelledImages):
             resolve_prompts(spec, self._listed.class_names)  # a bad template file fails now

@@ -203,13 +203,13 @@ def f1_score(
         fn = float(np.sum((pred != positive) & (labels == positive)))
         return f1(tp, fp, fn)
     classes = np.unique(np.concatenate([labels, pred]))
-    tp = np.array([np.sum((pred == c) & (labels == c)) for c in classes], dtype=np.float64)
-    fp = np.array([np.sum((pred == c) & (labels != c)) for c in classes], dtype=np.float64)
-    fn = np.array([np.sum((pred != c) & (labels == c)) for c in classes], dtype=np.float64)
+    tps = np.array([np.sum((pred == c) & (labels == c)) for c in classes], dtype=np.float64)
+    fps = np.array([np.sum((pred == c) & (labels != c)) for c in classes], dtype=np.float64)
+    fns = np.array([np.sum((pred != c) & (labels == c)) for c in classes], dtype=np.float64)
     if average == "macro":
-        return float(np.mean([f1(*v) for v in zip(tp, fp, fn)]))
+        return float(np.mean([f1(*v) for v in zip(tps, fps, fns)]))
     if average == "micro":
-        return f1(tp.sum(), fp.sum(), fn.sum())
+        return f1(float(tps.sum()), float(fps.sum()), float(fns.sum()))
     raise ValueError(f"average must be 'binary', 'macro' or 'micro', got {average!r}")
 
 

@@ -1,9 +1,11 @@
-"""Writing evaluation results: JSON (atomic), a plain-text table, a retrieval-examples PNG."""
+"""Evaluation results: JSON-ready values, a plain-text table, a retrieval-examples PNG.
+
+write_json_atomic(jsonable(results), out / "results.json")  # clippo.atomic: the one writer
+"""
 
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -13,17 +15,18 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from clippo.atomic import write_bytes_atomic, write_text_atomic
+from clippo.atomic import write_bytes_atomic
 
 
-def _jsonable(x: Any) -> Any:
-    """numpy scalars/arrays -> Python; NaN/inf -> None (strict JSON has no NaN)."""
+def jsonable(x: Any) -> Any:
+    """A copy of `x` that strict JSON can hold: numpy scalars/arrays -> Python numbers/lists,
+    NaN/inf -> None, paths -> str, mapping keys -> str, tuples -> lists."""
     if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
+        return jsonable(x.tolist())
     if isinstance(x, np.generic):
         x = x.item()
     if isinstance(x, float) and not math.isfinite(x):
@@ -31,13 +34,6 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, Path):
         return str(x)
     return x
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write `obj` as indented JSON, atomically (temp file + os.replace); numpy values and
-    NaN (-> null) are converted. Returns the path."""
-    text = json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n"
-    return write_text_atomic(path, text)
 
 
 def _cell(v: Any, floatfmt: str) -> str:
@@ -99,7 +95,7 @@ def save_retrieval_examples(
     texts: Sequence[str],
     sim_img_txt: np.ndarray,
     image_ids_for_text: np.ndarray,
-    indices: Sequence[int] | None = None,
+    indices: Sequence[int] | np.ndarray | None = None,
     top: int = 3,
     thumb: int = 128,
 ) -> Path:
@@ -131,7 +127,7 @@ def save_retrieval_examples(
         img = Image.fromarray(images[i]).resize((thumb, thumb), Image.Resampling.BILINEAR)
         canvas.paste(img, (pad, y))
         x = pad + thumb + pad
-        truth = [texts[j] for j in np.nonzero(ids == i)[0]]
+        truth = [texts[int(j)] for j in np.nonzero(ids == i)[0]]
         draw.text(
             (x, y),
             f"query {i}: {truth[0] if truth else '(no caption)'}",

@@ -1,11 +1,11 @@
 """Named evaluation suites: a model and an `EvalSpec` in, a dict of metrics out.
 
-    metrics = SUITES.get("retrieval")(model, EvalSpec("retrieval", "coco_test.csv"))
+    metrics = SUITES["retrieval"](model, EvalSpec("retrieval", "coco_test.csv"))
     metrics = run_suite(model, EvalSpec("zeroshot", "cifar-100-binary", templates="clip_paper"))
 
-Both follow big_vision's protocols (REFERENCE.md 4.1): images go through `resize(size)` (bilinear,
-no antialias, squashed, truncated to uint8; `clippo.preprocess.resize_uint8`) at the model's image
-size, then `value_range(-1, 1)`; texts are rendered by the model's own renderer. Zero-shot with
+Both follow big_vision's evaluators (retrieval, discriminative_classifier): images go through
+`resize(size)` (bilinear, no antialias, squashed, truncated to uint8;
+`clippo.preprocess.resize_uint8`) at the model's image size, then `value_range(-1, 1)`; texts are rendered by the model's own renderer. Zero-shot with
 `clip_paper` canonicalises templates and class names as big_vision does. Metrics come from
 `clippo.eval.retrieval` / `clippo.eval.zeroshot`; this module reads the data, embeds the images
 (streamed in batches from files, or from pixels already in memory) and drops undecodable ones.
@@ -17,17 +17,17 @@ import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
-from clippo.eval import EvaluatorRegistry
+from clippo.data.images import load_image
+from clippo.eval import SUITES
 from clippo.eval.datasets import (
     CaptionedImages,
     LabelledImages,
     evenly_spaced,
-    load_image,
     read_cifar100,
     read_class_names,
     read_imagefolder,
@@ -64,6 +64,7 @@ TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
 }
 
 Data = CaptionedImages | LabelledImages
+_D = TypeVar("_D", CaptionedImages, LabelledImages)
 
 
 # ---- data and prompts from a spec ----------------------------------------------------------------
@@ -142,13 +143,13 @@ def _device(model: torch.nn.Module, device: str | torch.device | None) -> torch.
 
 def image_embeddings(
     model: Any,
-    data: Data,
+    data: _D,
     *,
     batch_size: int = 64,
     device: str | torch.device | None = None,
     num_workers: int = 4,
     progress: bool = False,
-) -> tuple[np.ndarray, Data]:
+) -> tuple[np.ndarray, _D]:
     """(float32 [N', D] image embeddings, `data` without the images that could not be decoded).
 
     Files are decoded in `num_workers` threads one batch ahead of the model (only the
@@ -157,15 +158,21 @@ def image_embeddings(
     size = model.config.vit.image_size
     if isinstance(data.images, np.ndarray):
         encode_images, _ = as_encoders(model, device=device)
-        z = embed(encode_images, _Resized(data.images, size), batch_size, desc="images",
-                  progress=progress)  # fmt: skip
+        z = embed(
+            encode_images, _Resized(data.images, size), batch_size, desc="images", progress=progress
+        )
         return z, data
     from clippo.embed import embed_images
 
     out = embed_images(
-        model, data.images, [str(i) for i in range(len(data))], batch_size=batch_size,
-        device=device, num_workers=num_workers, progress=progress,
-    )  # fmt: skip
+        model,
+        data.images,
+        [str(i) for i in range(len(data))],
+        batch_size=batch_size,
+        device=device,
+        num_workers=num_workers,
+        progress=progress,
+    )
     keep = [int(i) for i in out.ids]
     bad = tuple((data.names[int(i)], reason) for i, reason in out.skipped)
     if not keep:
@@ -203,17 +210,22 @@ def retrieval_suite(
     data: the spec's data already read (and possibly decoded; hooks cache it). examples_png:
     also write a PNG of the top captions for the first query images. Returns
     {"img2txt/r@k", "txt2img/r@k", "n_images", "n_texts", "n_skipped", "skipped"}."""
-    data = read_spec_data(spec) if data is None else data
-    if not isinstance(data, CaptionedImages):
-        raise TypeError(f"retrieval needs (image, caption) pairs, got {type(data).__name__}")
+    given = read_spec_data(spec) if data is None else data
+    if not isinstance(given, CaptionedImages):
+        raise TypeError(f"retrieval needs (image, caption) pairs, got {type(given).__name__}")
     zimg, data = image_embeddings(
-        model, data, batch_size=spec.batch_size, device=device, num_workers=num_workers,
+        model,
+        given,
+        batch_size=spec.batch_size,
+        device=device,
+        num_workers=num_workers,
         progress=progress,
-    )  # fmt: skip
+    )
     _, encode_texts = as_encoders(model)
     idx = np.arange(len(zimg))
-    sim = similarity(_lookup(zimg), encode_texts, idx, data.texts, spec.batch_size,
-                     progress=progress)  # fmt: skip
+    sim = similarity(
+        _lookup(zimg), encode_texts, idx, data.texts, spec.batch_size, progress=progress
+    )
     out: dict[str, Any] = retrieval_metrics(sim, data.image_ids_for_text)
     out["n_images"], out["n_texts"] = int(sim.shape[0]), int(sim.shape[1])
     out.update(_skipped(data))
@@ -243,31 +255,34 @@ def zeroshot_suite(
     embeddings, argmax of the cosine. Returns `evaluate_zeroshot`'s dict ("accuracy",
     "mean_per_class_accuracy", "top5_accuracy", "per_class", "n") plus "n_classes",
     "n_templates", "n_skipped", "skipped"."""
-    data = read_spec_data(spec) if data is None else data
-    if not isinstance(data, LabelledImages):
-        raise TypeError(f"zero-shot needs labelled images, got {type(data).__name__}")
-    names, templates = resolve_prompts(spec, data.class_names)
+    given = read_spec_data(spec) if data is None else data
+    if not isinstance(given, LabelledImages):
+        raise TypeError(f"zero-shot needs labelled images, got {type(given).__name__}")
+    names, templates = resolve_prompts(spec, given.class_names)
     zimg, data = image_embeddings(
-        model, data, batch_size=spec.batch_size, device=device, num_workers=num_workers,
+        model,
+        given,
+        batch_size=spec.batch_size,
+        device=device,
+        num_workers=num_workers,
         progress=progress,
-    )  # fmt: skip
+    )
     _, encode_texts = as_encoders(model)
     out = evaluate_zeroshot(
-        (_lookup(zimg), encode_texts), np.arange(len(zimg)), data.labels, names, templates,
-        batch_size=spec.batch_size, progress=progress,
-    )  # fmt: skip
+        (_lookup(zimg), encode_texts),
+        np.arange(len(zimg)),
+        data.labels,
+        names,
+        templates,
+        batch_size=spec.batch_size,
+        progress=progress,
+    )
     out["n_classes"], out["n_templates"] = len(names), len(templates)
     out.update(_skipped(data))
     return out
 
 
-# Spec kinds -> suites. The global `clippo.eval.EVALUATORS` already uses the names "retrieval"
-# and "zeroshot" for the array-level functions, so the spec-level suites have their own registry.
-SUITES = EvaluatorRegistry()
-SUITES.register("retrieval", retrieval_suite)
-SUITES.register("zeroshot", zeroshot_suite)
-
-
 def run_suite(model: Any, spec: EvalSpec, **kwargs: Any) -> dict[str, Any]:
-    """`SUITES.get(spec.kind)(model, spec, **kwargs)`."""
-    return SUITES.get(spec.kind)(model, spec, **kwargs)
+    """`SUITES[spec.kind](model, spec, **kwargs)`; `SUITES` (`clippo.eval.SUITES`, re-exported
+    here) names this module's `retrieval_suite` and `zeroshot_suite`."""
+    return SUITES[spec.kind](model, spec, **kwargs)

@@ -1,8 +1,9 @@
 """Zero-shot classification with prompt-ensemble class embeddings (big_vision's protocol).
 
-Each class's prompts (`template.format(name)`) are embedded and L2-normalised, averaged, and the
-mean is re-normalised; an image is assigned the class of highest cosine similarity (ties go to
-the lower class index, `np.argmax`).
+Class embeddings come from the model room's `prompt_ensemble` (`CLIPPO.class_embeddings` uses it
+too): each class's prompts are embedded and L2-normalised, averaged, and the mean re-normalised.
+An image is assigned the class of highest cosine similarity (ties go to the lower class index,
+`np.argmax`).
 """
 
 from __future__ import annotations
@@ -12,30 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from clippo.eval.encoders import Encoder, as_encoders, embed, l2_normalise
+from clippo.eval.encoders import as_encoders, embed, to_numpy
 from clippo.eval.metrics import accuracy, per_class_accuracy, top_k_accuracy
-
-
-def class_embeddings(
-    encode_texts: Encoder,
-    class_names: Sequence[str],
-    templates: Sequence[str],
-    batch_size: int = 256,
-    *,
-    progress: bool = False,
-) -> np.ndarray:
-    """float32 [C, D]: mean of the normalised prompt embeddings per class, re-normalised."""
-    if not class_names or not templates:
-        raise ValueError("need at least one class name and one template")
-    if len(set(class_names)) != len(class_names):
-        raise ValueError(f"class names must be distinct: {list(class_names)}")
-    for t in templates:
-        if t.count("{}") != 1:
-            raise ValueError(f"template {t!r} must contain exactly one '{{}}' for the class name")
-    prompts = [t.replace("{}", name) for name in class_names for t in templates]
-    z = embed(encode_texts, prompts, batch_size, desc="class prompts", progress=progress)
-    z = z.reshape(len(class_names), len(templates), -1).mean(axis=1)
-    return l2_normalise(z)
+from clippo.model.one_tower import prompt_ensemble
 
 
 def evaluate_zeroshot(
@@ -62,7 +42,9 @@ def evaluate_zeroshot(
         raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
     if len(labels) and (labels.min() < 0 or labels.max() >= len(class_names)):
         raise ValueError(f"labels must be in [0, {len(class_names)})")
-    zcls = class_embeddings(encode_texts, class_names, templates, progress=progress)
+    if len(set(class_names)) != len(class_names):
+        raise ValueError(f"class names must be distinct: {list(class_names)}")
+    zcls = to_numpy(prompt_ensemble(encode_texts, class_names, templates, progress=progress))
     zimg = embed(encode_images, images, batch_size, desc="zero-shot images", progress=progress)
     if zimg.shape[1] != zcls.shape[1]:
         raise ValueError(

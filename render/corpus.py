@@ -17,7 +17,7 @@ import json
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from clippo.atomic import write_json_atomic
 from clippo.render import RenderConfig, UnifontRenderer
 from clippo.render.corpus_io import BadRow, CorpusSource, open_reader, shard_path
-from clippo.render.shards import KEY_DIGITS, KIND, WRITERS, encode_png, write_json_atomic
+from clippo.render.shards import KEY_DIGITS, KIND, WRITERS, encode_png
 
 OUTPUT_FORMATS = ("tar", "parquet")
 
@@ -217,7 +218,7 @@ def _check_manifest(render: RenderConfig, options: ShardOptions) -> None:
                 "use another output folder or prefix"
             )
         return
-    write_json_atomic(manifest, path)
+    write_json_atomic(manifest, path, sort_keys=True)
 
 
 def render_corpus(
@@ -248,7 +249,7 @@ def render_corpus(
     results: list[_ShardResult] = []
     rows_read = 0
 
-    def tasks():
+    def tasks() -> Iterator[tuple[_ShardTask, int]]:
         nonlocal rows_read
         for shard, rows in reader.chunks(R, wanted):
             good = []
@@ -286,7 +287,9 @@ def render_corpus(
     )
 
 
-def _run_pool(tasks, num_workers: int, bar: tqdm) -> list[_ShardResult]:
+def _run_pool(
+    tasks: Iterable[tuple[_ShardTask, int]], num_workers: int, bar: tqdm
+) -> list[_ShardResult]:
     """Shards over `num_workers` spawned processes, at most 2 per worker in flight (bounded memory)."""
     results: list[_ShardResult] = []
     # spawn, not fork: the parent may hold pyarrow/tqdm threads that a fork would copy mid-lock.

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 INPUT_FORMATS = ("text", "jsonl", "csv", "tsv", "parquet", "dataset")
 _SUFFIX_FORMATS = {
@@ -158,7 +158,8 @@ def _group(
 ) -> Iterator[tuple[int, list[Row]]]:
     """Split a sequential record stream into chunks, parsing only the records of wanted chunks."""
     # wanted(c) is asked once per chunk, on the chunk's first record (never past the end).
-    chunk, rows, keep = -1, [], False
+    chunk, keep = -1, False
+    rows: list[Row] = []
     for i, record in enumerate(records):
         c = i // rows_per_chunk
         if c != chunk:
@@ -172,7 +173,9 @@ def _group(
 
 
 def _open_binary(path: str) -> IO[bytes]:
-    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+    if path.endswith(".gz"):
+        return cast(IO[bytes], gzip.open(path, "rb"))  # a GzipFile reads like any binary file
+    return open(path, "rb")
 
 
 def _count_lines(path: str) -> int | None:
@@ -226,6 +229,8 @@ class _LineReader(CorpusReader):
     def __init__(self, path: str, parse: Callable[[bytes], Row]) -> None:
         self.path, self.parse = path, parse
 
+    # the ignore: mypy takes a cached_property for a read-only property, but at runtime it is
+    # writable like the base class's `num_rows` attribute
     @functools.cached_property
     def num_rows(self) -> int | None:  # type: ignore[override]
         # Counted on first use only: a preview of a huge file should not scan all of it.

@@ -47,6 +47,6 @@ def render_on_image(
             if isinstance(photo, Image.Image)
             else Image.fromarray(np.asarray(photo, np.uint8))
         )
-        img = img.convert("RGB").resize((size, size - band), Image.BILINEAR)
+        img = img.convert("RGB").resize((size, size - band), Image.Resampling.BILINEAR)
         out[band:] = np.asarray(img)
     return out

@@ -6,6 +6,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -39,8 +40,17 @@ def image_grid(
     return grid
 
 
+class BatchRenderer(Protocol):
+    """Anything that renders a list of texts to np.uint8 [N, H, W] or [N, H, W, 3]."""
+
+    def render_batch(self, texts: list[str], /) -> np.ndarray: ...
+
+
 def write_preview(
-    renderer, texts: Sequence[str], path: str | os.PathLike[str], columns: int | None = None
+    renderer: BatchRenderer,
+    texts: Sequence[str],
+    path: str | os.PathLike[str],
+    columns: int | None = None,
 ) -> np.ndarray:
     """Render `texts` with `renderer` (anything with render_batch), save the grid PNG atomically.
 

@@ -1,4 +1,4 @@
-"""Shard writers for `clippo render`: webdataset tar and parquet, plus PNG and atomic JSON helpers.
+"""Shard writers for `clippo render`: webdataset tar and parquet, plus the PNG encoder.
 
 Tar members per row, KEY = the global row number zero-padded to KEY_DIGITS:
   KEY.png  8-bit greyscale PNG (the renderer's three channels are identical; channel 0 is stored)
@@ -14,7 +14,8 @@ from __future__ import annotations
 import io
 import json
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -109,8 +110,21 @@ class _ParquetShard:
         pq.write_table(table, self.path)
 
 
-# ShardOptions.output_format -> writer: add(row, text, png) per row, then finish() or abort()
-WRITERS = {"tar": _TarShard, "parquet": _ParquetShard}
+class ShardWriter(Protocol):
+    """Fills one shard file: `add` per row, then `finish()` (flushed, closed) or `abort()`."""
+
+    def add(self, row: int, text: str, png: bytes) -> None: ...
+
+    def finish(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+# ShardOptions.output_format -> writer of a shard at `path` made with these render settings
+WRITERS: dict[str, Callable[[str, RenderConfig], ShardWriter]] = {
+    "tar": _TarShard,
+    "parquet": _ParquetShard,
+}
 
 
 def encode_png(gray: np.ndarray, compress_level: int = 6) -> bytes:
@@ -118,11 +132,3 @@ def encode_png(gray: np.ndarray, compress_level: int = 6) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(gray).save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
-
-
-def write_json_atomic(obj: Any, path: str | os.PathLike[str]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)

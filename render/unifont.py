@@ -12,13 +12,18 @@ import functools
 import gzip
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
 from clippo.fonts import unifont_paths
+
+if TYPE_CHECKING:  # torch is optional here: only `render_torch` imports it, when called
+    import torch
+
+    from clippo.render.unifont_torch import DeviceTables
 
 NUM_CODEPOINTS = 0x110000
 REPLACEMENT = 0xFFFD
@@ -54,14 +59,6 @@ class RenderConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RenderConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown RenderConfig keys: {unknown} (known: {sorted(known)})")
-        return cls(**d)
 
 
 @dataclass(frozen=True)
@@ -132,7 +129,7 @@ class _InkTable:
 
 def _build_ink_table(bitmaps: np.ndarray, cfg: RenderConfig) -> _InkTable:
     g = bitmaps.shape[0]
-    cols_with_ink = bitmaps.any(axis=1)  # [G, 16]
+    cols_with_ink = np.any(bitmaps, axis=1)  # [G, 16]
     if cfg.monospace:
         first = np.zeros(g, np.int64)
         width = np.full(g, 16, np.int64)
@@ -176,9 +173,10 @@ def batch_codepoints(
     """
     if isinstance(texts, str | bytes):
         raise TypeError("expected a sequence of texts, got a single text")
-    if all(type(t) is str for t in texts):  # one encode for the whole batch
-        cps = codepoints("".join(texts))
-        lengths = np.fromiter(map(len, texts), np.int64, len(texts))
+    strs = [t for t in texts if type(t) is str]
+    if len(strs) == len(texts):  # all str: one encode for the whole batch
+        cps = codepoints("".join(strs))
+        lengths = np.fromiter(map(len, strs), np.int64, len(strs))
     else:
         parts = [codepoints(t) for t in texts]
         lengths = np.fromiter((p.size for p in parts), np.int64, len(parts))
@@ -209,15 +207,19 @@ class UnifontRenderer:
     Picklable: only the settings travel; glyph tables are rebuilt (or shared) in the new process.
     """
 
-    def __init__(self, font: tuple[str | os.PathLike, str | os.PathLike] | None = None, **kwargs):
+    def __init__(
+        self, font: tuple[str | os.PathLike, str | os.PathLike] | None = None, **kwargs: Any
+    ) -> None:
         self.config = RenderConfig(**kwargs)
         plane0, upper = font if font is not None else unifont_paths()
         self.font = (str(plane0), str(upper))
         self._ink: _InkTable | None = None
-        self._torch_tables: dict[str, Any] = {}
+        self._torch_tables: dict[str, DeviceTables] = {}
 
     @classmethod
-    def from_config(cls, config: RenderConfig, font=None) -> UnifontRenderer:
+    def from_config(
+        cls, config: RenderConfig, font: tuple[str | os.PathLike, str | os.PathLike] | None = None
+    ) -> UnifontRenderer:
         return cls(font=font, **config.to_dict())
 
     def __repr__(self) -> str:
@@ -301,15 +303,45 @@ class UnifontRenderer:
             raise TypeError(f"text must be str or UTF-8 bytes, got {type(text).__name__}")
         return self.render_batch([text])[0]
 
-    def render_torch(self, texts: Sequence[str | bytes], device: Any = "cpu", return_ink=False):
+    @overload
+    def render_torch(
+        self, texts: Sequence[str | bytes], device: Any = ..., return_ink: Literal[False] = ...
+    ) -> torch.Tensor: ...
+    @overload
+    def render_torch(
+        self, texts: Sequence[str | bytes], device: Any = ..., *, return_ink: Literal[True]
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+    @overload
+    def render_torch(
+        self, texts: Sequence[str | bytes], device: Any = ..., return_ink: bool = ...
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
+    def render_torch(
+        self, texts: Sequence[str | bytes], device: Any = "cpu", return_ink: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Render on `device` -> torch.float32 [B, 3, H, W] in [-1, 1] (and ink bool [B, H/16, W/16]).
 
-        Equal to `to_pixels(render_batch(texts))`; only the layout (integers) is computed on the
-        host, the canvas is filled on the device. torch is imported here, not at module import.
+        Equal to `to_pixels(render_batch(texts))`; only the code points are computed on the
+        host, layout and canvas on the device. torch is imported here, not at module import.
         """
-        from clippo.render.unifont_torch import render_on_device
+        from clippo.render.unifont_torch import DeviceTables, render_on_device
 
-        return render_on_device(self, texts, device, return_ink)
+        key = str(device)
+        if key not in self._torch_tables:  # the tables cross to each device once
+            cfg, ink = self.config, self.ink_table
+            self._torch_tables[key] = DeviceTables.build(
+                device,
+                index=self.glyphs.index,
+                width=ink.width,
+                ink_start=ink.ink_start,
+                ink_count=ink.ink_count,
+                ink_offset=ink.ink_offset,
+                image_size=cfg.image_size,
+                lower=cfg.lower,
+                background_brightness=cfg.background_brightness,
+                text_brightness=cfg.text_brightness,
+            )
+        cps, lengths = batch_codepoints(texts, self.config.max_chars)
+        return render_on_device(self._torch_tables[key], cps, lengths, return_ink)
 
 
 def to_pixels(images: np.ndarray) -> np.ndarray:
@@ -330,8 +362,7 @@ def ink_mask(images: np.ndarray, patch_size: int = 16, background: int = 127) ->
     """
     images = np.asarray(images)
     if images.ndim == 4:
-        images = images != background
-        images = images.any(axis=-1)
+        images = np.any(images != background, axis=-1)
         background = False
     if images.ndim != 3:
         raise ValueError(f"expected [B, H, W, 3] or [B, H, W], got shape {images.shape}")

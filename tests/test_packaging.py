@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,20 @@ def test_wheel_installs_and_imports_outside_repo(tmp_path):
         check=True, capture_output=True,
     )  # fmt: skip
     (wheel,) = wheels.glob("clippo-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        metadata = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    # every source module is in the wheel (a sub-package missing from pyproject's list is not)
+    folders = {
+        "clippo": "clippo",
+        "render": "clippo/render",
+        "eval": "clippo/eval",
+        "fonts": "clippo/fonts",
+    }
+    for folder, package in folders.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            assert f"{package}/{path.relative_to(ROOT / folder).as_posix()}" in names, path
+    assert "License-Expression: Apache-2.0" in metadata
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
         check=True, capture_output=True,
@@ -60,8 +75,11 @@ def test_wheel_installs_and_imports_outside_repo(tmp_path):
     paths = [str(site), sysconfig.get_paths()["purelib"]]
     out = subprocess.run(
         [sys.executable, "-S", "-c", f"import sys; sys.path[:0] = {paths!r}; {code}"],
-        cwd=tmp_path, capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     render_file, p0, up, ink = json.loads(out.stdout)
     for path in (render_file, p0, up):
         assert path.startswith(str(site)), path

@@ -1,7 +1,8 @@
 """`clippo demo`: train a small CLIPPO on the built-in synthetic corpus, then evaluate it.
 
-The application layer: the only place (with the CLI) that joins training and evaluation. The
-trainer runs the held-out evaluation as a hook (a callable handed in here); the library never
+The application layer: the only place (with the CLI) that joins training and evaluation. It runs
+the `demo` preset, which holds the recipe and the reasons for it, through the real trainer; the
+held-out evaluation runs as a trainer hook (a callable handed in here), so the library never
 imports `clippo.eval`.
 
 Task: pictures of one shape (colour, shape, size, position) with alt-text captions in ten
@@ -10,25 +11,15 @@ templates, plus text/text pairs that paraphrase captions. `heldout_pairs` of the
 combinations: image->text and text->image retrieval over 100 held-out pairs with distinct
 captions (chance R@1 = 1%), and zero-shot colour and shape classification (chance 1/8).
 
-The recipe (`RECIPE`, applied over the `demo` preset so the demo runs it whatever the preset
-holds) came from a sweep on this project's 2-core CPU:
-- sigmoid loss: with the softmax loss and batch 64 the embeddings collapse to one point within
-  ~50 steps and sit at chance for 150-450 steps; the sigmoid loss has no such plateau;
-- text/text pairs at 25% of each batch: with none, the model never learns to read in the time
-  (chance after 900 steps); at 50% image/text learning is slower;
-- 96 px (every caption still fits), patch 16: 112 and 128 px learn less in the same time;
-- 4 blocks of width 128 (2 heads): 1.8x the steps per second of width 192, and more steps
-  beat more width here (held-out R@1 0.59 after 1,100 steps vs 0.44 after 600 at width 192);
-- batch 128 (better than 64 for the same time), AdamW (beta2 0.95), peak lr 5e-4 (1e-3 stayed
-  at chance with a 30-step warm-up, and was no better with 100), cosine schedule, clipping 1.0,
-  temperature init 10 (20 stayed at chance);
-- bf16 only where the probe finds it faster: at width 128 it is slower on this project's CPU
-  (AMX), at width 192 and 96 px about even; so this recipe runs in float32 there.
+Precision: the preset's unless `--precision` says otherwise; "auto" follows the fixed rule of
+`clippo.train.precision` (on a CPU, bf16 only with AMX-BF16). results.json records the precision
+used and why.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import shutil
 import time
@@ -39,59 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from clippo.atomic import write_bytes_atomic
+from clippo.atomic import write_bytes_atomic, write_json_atomic
 from clippo.data import synthetic
 from clippo.eval.encoders import as_encoders
-from clippo.eval.results import format_table, save_retrieval_examples, write_json
+from clippo.eval.results import format_table, jsonable, save_retrieval_examples
 from clippo.eval.retrieval import retrieval_metrics, similarity
 from clippo.eval.zeroshot import evaluate_zeroshot
-from clippo.train.config import ConfigError, TrainConfig, config_from_dict, preset
-from clippo.typed_config import deep_merge
-
-# The synthetic world: one object per scene; 10 held-out (colour, shape) pairs leave 54 to train
-# on (better generalisation than 48) and give exactly 100 distinct held-out scenes.
-SCENE_OPTIONS: dict[str, Any] = {"counts": [1], "heldout_pairs": 10}
-
-RECIPE: dict[str, Any] = {
-    "data": {
-        "image_text": [{"kind": "synthetic", "options": {"split": "train", **SCENE_OPTIONS}}],
-        "text_pairs": [{"kind": "synthetic_paraphrase", "options": dict(SCENE_OPTIONS)}],
-        "text_pair_fraction": 0.25,
-        "render_on": "worker",
-        "num_workers": 1,  # scenes and captions are drawn beside the training process
-    },
-    "model": {
-        "variant": "Ti/16",  # patch 16; sizes below
-        "image_size": 96,
-        "width": 128,
-        "depth": 4,
-        "num_heads": 2,
-        "mlp_dim": 512,
-        "temperature_init": 10.0,
-    },
-    "optim": {"name": "adamw", "lr": 5e-4, "wd": 1e-4, "betas": [0.9, 0.95]},
-    "schedule": {"kind": "cosine", "warmup_steps": 30, "cooldown_steps": 0},
-    "loop": {
-        "steps": 1000,
-        "batch_size": 128,
-        "accum_steps": 1,
-        "loss": "sigmoid",
-        "clip_grad_norm": 1.0,
-        "device": "cpu",
-        "seed": 0,
-    },
-    "checkpoint": {"every_steps": 0, "keep_last": 1, "resume": ""},  # one, at the end
-    "logging": {"every_steps": 10, "tensorboard": False, "loss_png": False},
-    "eval": [],
-}
-
-# `--quick`: a seconds-long smoke run of the same code path (tiny model, tiny evaluation).
-QUICK: dict[str, Any] = {
-    "model": {"image_size": 96, "width": 64, "depth": 1, "num_heads": 2, "mlp_dim": 128},
-    "loop": {"steps": 4, "batch_size": 16},
-    "schedule": {"warmup_steps": 1},
-    "logging": {"every_steps": 1, "progress": False},
-}
+from clippo.train.config import ConfigError, TrainConfig, preset
+from clippo.train.precision import FLAGS, choose_precision, parse_flag
 
 
 @dataclass(frozen=True)
@@ -105,36 +51,41 @@ class DemoPlan:
 
 
 def demo_plan(
-    out: str | Path, precision: str, quick: bool = False, steps: int | None = None
+    out: str | Path, quick: bool = False, steps: int | None = None, precision: str | None = None
 ) -> DemoPlan:
-    """The `demo` preset with `RECIPE` on top, writing to `out/train`.
+    """The `demo` preset, writing to `out/train`, held-out metrics logged 5 times.
 
-    precision: "bf16" or "fp32" (see `probe_precision`). steps: run length; the warm-up is
-    shortened to at most a fifth of it. Held-out metrics are logged 5 times during training.
+    quick: a seconds-long smoke run of the same code path (a one-block model of width 64, 4
+    steps of batch 16, a small evaluation). steps: run length (default: the preset's); the
+    warm-up is shortened to at most a fifth of it. precision: "bf16", "fp32" or "auto"
+    (default: the preset's).
     """
-    if precision not in ("bf16", "fp32"):
-        raise ValueError(f"precision must be 'bf16' or 'fp32', got {precision!r}")
-    out = Path(out)
-    cfg = deep_merge(preset("demo").to_dict(), RECIPE)
+    cfg = preset("demo")
+    model, loop, logging = cfg.model, cfg.loop, cfg.logging
     if quick:
-        cfg = deep_merge(cfg, QUICK)
-    n = cfg["loop"]["steps"] if steps is None else steps
+        model = dataclasses.replace(model, width=64, depth=1, mlp_dim=128)
+        loop = dataclasses.replace(loop, steps=4, batch_size=16)
+        logging = dataclasses.replace(logging, every_steps=1, progress=False)
+    n = loop.steps if steps is None else steps
     if n < 1:
         raise ConfigError(f"steps must be >= 1, got {n}")
-    warmup = min(cfg["schedule"]["warmup_steps"], n // 5)
-    cfg = deep_merge(
-        cfg,
-        {
-            "loop": {"steps": n, "precision": precision},
-            "schedule": {"warmup_steps": warmup},
-            "logging": {"run_dir": str(out / "train"), "eval_every_steps": max(n // 5, 1)},
-        },
+    cfg = cfg.replace(
+        model=model,
+        loop=dataclasses.replace(
+            loop, steps=n, precision=loop.precision if precision is None else parse_flag(precision)
+        ),
+        schedule=dataclasses.replace(
+            cfg.schedule, warmup_steps=min(cfg.schedule.warmup_steps, n // 5)
+        ),
+        logging=dataclasses.replace(
+            logging, run_dir=str(Path(out) / "train"), eval_every_steps=max(n // 5, 1)
+        ),
     )
     return DemoPlan(
-        config_from_dict(cfg),
+        cfg,
         retrieval_pairs=20 if quick else 100,
         zeroshot_images=32 if quick else 200,
-        out=out,
+        out=Path(out),
     )
 
 
@@ -161,55 +112,6 @@ def scene_config(cfg: TrainConfig) -> synthetic.SyntheticConfig:
             f"than data.image_text.0.options {dict(d.image_text[0].options)}"
         )
     return synthetic.SyntheticConfig.from_dict({"image_size": cfg.model.image_size, **world})
-
-
-@dataclass(frozen=True)
-class PrecisionProbe:
-    """Seconds for one forward+backward of the probe in each precision, and the choice."""
-
-    fp32_s: float
-    bf16_s: float
-    choice: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"fp32_s": self.fp32_s, "bf16_s": self.bf16_s, "choice": self.choice}
-
-
-def probe_precision(
-    model_config: Any, batch_size: int, repeats: int = 3, gain: float = 0.9
-) -> PrecisionProbe:
-    """Time one training forward+backward of a one-block copy of the run's model (same width,
-    heads, patch and image size; a batch of `batch_size` random images) in float32 and under
-    bf16 autocast; choose bf16 only if it takes under `gain` of the float32 time (best of
-    `repeats`). bf16 matmuls are fast only on CPUs with bf16 units (AVX512-BF16, AMX), and even
-    there the casts around LayerNorm, GELU and softmax can eat the gain for small widths: timing
-    matmuls alone overstates it (2.8x for the matmuls vs 1.04x for the step at width 192, 96 px
-    on this project's CPU), timing one block matches the full step to a few percent."""
-    import dataclasses
-
-    import torch
-
-    from clippo.model.one_tower import CLIPPO
-
-    torch.manual_seed(0)
-    one_block = dataclasses.replace(model_config.vit, depth=1)
-    model = CLIPPO(dataclasses.replace(model_config, vit=one_block))
-    size = one_block.image_size
-    x = torch.rand(batch_size, 3, size, size) * 2 - 1
-
-    def best(bf16: bool) -> float:
-        times = []
-        for _ in range(repeats + 1):  # the first call sets up kernels: not timed
-            t0 = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                z = model.encode(x)
-            z.float().square().sum().backward()
-            times.append(time.perf_counter() - t0)
-        model.zero_grad(set_to_none=True)
-        return min(times[1:])
-
-    fp32, bf16 = best(False), best(True)
-    return PrecisionProbe(fp32, bf16, "bf16" if bf16 < gain * fp32 else "fp32")
 
 
 def caption_prompts(world: synthetic.SyntheticConfig, task: str) -> tuple[str, ...]:
@@ -327,14 +229,14 @@ def run_demo(
     *,
     quick: bool = False,
     steps: int | None = None,
-    precision: str = "auto",
+    precision: str | None = None,
     threads: int | None = None,
 ) -> dict[str, Any]:
     """Train, evaluate on the held-out split, write `out/results.json`, `out/loss_curve.png`,
     `out/retrieval_examples.png` (and the trainer's run in `out/train/`), print a table.
 
-    precision: "auto" (a quick probe, `probe_precision`), "bf16" or "fp32". threads: torch
-    intra-op threads (None: torch's default, one per core). Returns the results dict.
+    precision: "bf16", "fp32" or "auto" (default: the preset's). threads: torch intra-op threads
+    (None: torch's default, one per core). Returns the results dict.
     """
     import torch
 
@@ -345,12 +247,7 @@ def run_demo(
     if threads is not None:
         torch.set_num_threads(threads)
     out = Path(out)
-    probe = None
-    if precision == "auto":  # probe with the run's own model sizes and batch
-        train_cfg = demo_plan(out, "fp32", quick, steps).train
-        probe = probe_precision(train_cfg.model.model_config(), train_cfg.loop.batch_size)
-        precision = probe.choice
-    plan = demo_plan(out, precision, quick, steps)
+    plan = demo_plan(out, quick, steps, precision)
     world = scene_config(plan.train)
     run_dir = Path(plan.train.logging.run_dir)
     if run_dir.exists():  # the demo's own scratch run: start afresh every time
@@ -362,12 +259,16 @@ def run_demo(
     if hook.last_step != result.step:  # the trainer runs hooks at the end; be safe anyway
         hook(result.model.eval(), result.step)
     metrics = {k: v for k, v in hook.history[-1].items() if k != "step"}
+    # the trainer's own rule on the trainer's device, so this is what it ran in
+    device = next(result.model.parameters()).device
+    chosen = choose_precision(plan.train.loop.precision, device)
     chance = chance_levels(plan, world)
     rows = result_rows(metrics, chance)
 
     records = read_metrics(run_dir / "metrics.jsonl")
     loss_png = plot_training(records, hook.history, out / "loss_curve.png", plan.train.loop.loss)
     rs = hook.retrieval
+    assert hook.last_sim is not None  # the hook ran at the last step
     examples_png = save_retrieval_examples(
         out / "retrieval_examples.png",
         rs.images,
@@ -384,10 +285,9 @@ def run_demo(
         "steps": result.step,
         "preempted": result.preempted,
         "final_loss": result.metrics.get("loss"),
-        "precision": precision,
-        "precision_probe": probe.to_dict() if probe else None,
+        "precision": chosen.to_dict(),
         "threads": torch.get_num_threads(),
-        "seconds": {  # setup: probe + evaluation sets; train: the trainer's wall time,
+        "seconds": {  # setup: evaluation sets; train: the trainer's wall time,
             "setup": t_train - t_start,  # of which "eval" in the held-out hook
             "train": train_seconds,
             "eval": hook.seconds,
@@ -400,12 +300,12 @@ def run_demo(
         "model": result.model.config.to_dict(),
         "files": {"loss_curve": str(loss_png), "retrieval_examples": str(examples_png)},
     }
-    write_json(out / "results.json", results)
+    write_json_atomic(jsonable(results), out / "results.json")
     n = plan.retrieval_pairs
     print(f"\nheld-out split: {n} unseen (colour, shape) scenes with distinct captions")
     print(format_table(rows))
     print(
-        f"{result.step} steps ({precision}, batch {plan.train.loop.batch_size}) in "
+        f"{result.step} steps ({chosen}, batch {plan.train.loop.batch_size}) in "
         f"{train_seconds:.0f} s (held-out evaluation {hook.seconds:.0f} s of it); "
         f"results in {out / 'results.json'}"
     )
@@ -437,9 +337,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (tiny model)")
     p.add_argument(
         "--precision",
-        choices=("auto", "bf16", "fp32"),
-        default="auto",
-        help="auto: bf16 only if a quick probe finds it faster on this CPU (default: %(default)s)",
+        choices=FLAGS,
+        default=None,
+        help=f"default: the demo preset's ({preset('demo').loop.precision}); "
+        "auto: on a CPU, bf16 only with AMX-BF16",
     )
     p.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: one per core)"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 RESULTS = "results.json"
 EXAMPLES_PNG = "retrieval_examples.png"
@@ -43,14 +43,23 @@ def _spec(args: argparse.Namespace) -> Any:
     common = dict(max_examples=args.max_examples, batch_size=args.batch_size)
     if args.suite == "retrieval":
         return EvalSpec(
-            "retrieval", args.pairs, image_column=args.image_column,
-            caption_column=args.caption_column, **common,
-        )  # fmt: skip
-    path, fmt = (args.cifar100, "cifar100") if args.cifar100 else (args.imagefolder, "imagefolder")
+            "retrieval",
+            args.pairs,
+            image_column=args.image_column,
+            caption_column=args.caption_column,
+            **common,
+        )
+    fmt: Literal["cifar100", "imagefolder"] = "cifar100" if args.cifar100 else "imagefolder"
     return EvalSpec(
-        "zeroshot", path, format=fmt, templates=args.templates, canonicalize=args.canonicalize,
-        class_names=args.class_names or "", split=args.split, **common,
-    )  # fmt: skip
+        "zeroshot",
+        args.cifar100 or args.imagefolder,
+        format=fmt,
+        templates=args.templates,
+        canonicalize=args.canonicalize,
+        class_names=args.class_names or "",
+        split=args.split,
+        **common,
+    )
 
 
 def _table(kind: str, m: dict[str, Any]) -> str:
@@ -85,7 +94,8 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     import clippo
-    from clippo.eval.results import write_json
+    from clippo.atomic import write_json_atomic
+    from clippo.eval.results import jsonable
     from clippo.eval.suites import run_suite
 
     out = Path(args.out)
@@ -112,7 +122,7 @@ def _run(args: argparse.Namespace) -> int:
             "options": {"device": str(device), "num_workers": args.num_workers},
             "metrics": metrics,
         }
-        written = write_json(out / RESULTS, results)
+        written = write_json_atomic(jsonable(results), out / RESULTS)
     except (OSError, ValueError) as e:  # missing files, bad rows, CheckpointError
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -123,9 +123,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from clippo.atomic import write_json_atomic
     from clippo.render.corpus import CorpusSource, ShardOptions, preview_texts, render_corpus
     from clippo.render.preview import write_preview
-    from clippo.render.shards import write_json_atomic
 
     if args.output_dir is None and args.preview is None:
         print("clippo render: give OUTPUT_DIR, --preview N PNG, or both", file=sys.stderr)
@@ -159,7 +159,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     summary = render_corpus(source, render, options, progress=not args.no_progress)
     path = args.summary or options.summary_path()
-    write_json_atomic(summary.to_dict(), path)
+    write_json_atomic(summary.to_dict(), path, sort_keys=True)
     print(summary.format_table())
     print(f"summary written to {path}")
     return 0

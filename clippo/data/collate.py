@@ -22,7 +22,7 @@ equal to the worker-mode values.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -30,6 +30,7 @@ import torch
 
 from clippo.data.mixer import MixedBatch
 from clippo.data.sources import ImageTextPair, TextPair
+from clippo.render.unifont_torch import to_pixels_torch
 
 __all__ = ["PairCollate", "to_device", "as_mixed_batch"]
 
@@ -45,13 +46,6 @@ def as_mixed_batch(pairs: Sequence[ImageTextPair | TextPair], step: int = -1) ->
     return MixedBatch(
         step, [p[0] for p in ordered], [p[1] for p in ordered], is_text, [p[2] for p in ordered], {}
     )
-
-
-def _float_pixels(x: torch.Tensor) -> torch.Tensor:
-    """uint8 [B,H,W,3] -> float32 [B,3,H,W], the same float32 ops as clippo.render.to_pixels."""
-    out = torch.empty((x.shape[0], 3, x.shape[1], x.shape[2]), dtype=torch.float32, device=x.device)
-    out.copy_(x.permute(0, 3, 1, 2))  # one strided pass; then in place
-    return out.div_(255.0).mul_(2.0).sub_(1.0)
 
 
 class PairCollate:
@@ -131,7 +125,7 @@ class PairCollate:
 
 
 def to_device(
-    batch: dict[str, Any], device: Any, renderer: Any = None, non_blocking: bool = False
+    batch: Mapping[str, Any], device: Any, renderer: Any = None, non_blocking: bool = False
 ) -> dict[str, Any]:
     """Add "left_pixels"/"right_pixels" float32 [B,3,H,W] on `device` (rendering there when the
     batch was collated with render_on="device"; `renderer` is then required)."""
@@ -142,10 +136,10 @@ def to_device(
         out["right_pixels"] = batch["right_pixels"].to(device, non_blocking=non_blocking)
         return out
     if "left_uint8" in batch:
-        out["left_pixels"] = _float_pixels(
+        out["left_pixels"] = to_pixels_torch(
             batch["left_uint8"].to(device, non_blocking=non_blocking)
         )
-        out["right_pixels"] = _float_pixels(
+        out["right_pixels"] = to_pixels_torch(
             batch["right_uint8"].to(device, non_blocking=non_blocking)
         )
         return out
@@ -156,7 +150,7 @@ def to_device(
     left = torch.empty((n, 3, size, size), dtype=torch.float32, device=device)
     rows = batch["image_rows"].to(device)
     if len(rows):
-        left[rows] = _float_pixels(batch["left_images"].to(device, non_blocking=non_blocking))
+        left[rows] = to_pixels_torch(batch["left_images"].to(device, non_blocking=non_blocking))
     text_rows = [i for i, t in enumerate(batch["left_texts"]) if t is not None]
     if text_rows:
         texts = [batch["left_texts"][i] for i in text_rows]

@@ -73,7 +73,9 @@ class ImagePrep:
             raise SkipSample(f"image_{e.kind}", f"{where}: {e}") from None
         resize = self.resize
         if resize is None:
-            from clippo.preprocess import resize_uint8 as resize
+            from clippo.preprocess import resize_uint8
+
+            resize = resize_uint8
         out = np.asarray(resize(img, self.image_size))
         if out.dtype != np.uint8 or out.shape != (self.image_size, self.image_size, 3):
             raise TypeError(
@@ -178,9 +180,11 @@ class _TarReader:
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int) -> tuple[str, dict[str, bytes], str]:
+    def __getitem__(self, i: int) -> tuple[str, dict[str, bytes | Exception], str]:
         key, members = self.records[i]
-        data = {}
+        if self._tar is None:
+            raise ValueError(f"{self.path}: read from a closed shard")
+        data: dict[str, bytes | Exception] = {}
         for ext, member in members.items():
             try:
                 f = self._tar.extractfile(member)
@@ -459,17 +463,18 @@ class CSVImageText(RandomAccessSource):
         with open(self.path, newline="", encoding="utf-8", errors="replace") as f:
             rows = list(csv.reader(f, delimiter=delimiter))
         first_line = 1
-        if all(isinstance(c, str) for c in columns):
+        a, b = columns if len(columns) == 2 else (None, None)
+        if isinstance(a, str) and isinstance(b, str):
             if not rows:
-                raise ValueError(f"{self.path}: empty CSV (expected a header with {list(columns)})")
+                raise ValueError(f"{self.path}: empty CSV (expected a header with {[a, b]})")
             header = rows[0]
-            missing = [c for c in columns if c not in header]
+            missing = [c for c in (a, b) if c not in header]
             if missing:
                 raise ValueError(f"{self.path}: header {header} lacks column(s) {missing}")
-            self._cols = tuple(header.index(c) for c in columns)
+            self._cols = (header.index(a), header.index(b))
             rows, first_line = rows[1:], 2
-        elif all(isinstance(c, int) for c in columns):
-            self._cols = tuple(columns)
+        elif isinstance(a, int) and isinstance(b, int):
+            self._cols = (a, b)
         else:
             raise TypeError(f"columns must be two header names or two ints, got {columns!r}")
         self._rows = rows

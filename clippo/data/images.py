@@ -1,7 +1,9 @@
-"""Robust image decoding for training data: bytes or a path in, a fully loaded RGB PIL image out.
+"""Robust image decoding: bytes or a path in, a fully loaded RGB PIL image out; and image files.
 
     img = decode_image(jpeg_bytes)                 # PIL.Image.Image, mode "RGB", pixels loaded
     decode_image("x.png", max_pixels=50_000_000)   # raises ImageDecodeError on bad input
+    load_image("x.png", 224)                       # decode|resize: uint8 [224, 224, 3] or why not
+    list_images("photos/")                         # the image files below a folder, by suffix
 
 Reference behaviour (big_vision's `decode` op = `tf.io.decode_image(channels=3)`), kept by default:
 - EXIF orientation is NOT applied (`exif_transpose=False`): TF's JPEG decoder ignores it, and
@@ -24,11 +26,23 @@ from __future__ import annotations
 import io
 import os
 import struct
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ERROR_KINDS", "ImageDecodeError", "decode_image", "to_rgb"]
+__all__ = [
+    "ERROR_KINDS",
+    "IMAGE_SUFFIXES",
+    "ImageDecodeError",
+    "decode_image",
+    "list_images",
+    "load_image",
+    "to_rgb",
+]
+
+# What counts as an image file when a folder is listed (compared lower-cased).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 # PIL's own default limit; images above it are decompression-bomb suspects.
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -48,7 +62,8 @@ class ImageDecodeError(ValueError):
         self.reason = reason
         self.kind = kind
 
-    def __reduce__(self):  # keep `kind` when the error crosses a process boundary
+    def __reduce__(self) -> tuple[type[ImageDecodeError], tuple[str, str]]:
+        # keep `kind` when the error crosses a process boundary
         return (type(self), (self.reason, self.kind))
 
 
@@ -154,8 +169,29 @@ def decode_image(
     except Exception as e:  # noqa: BLE001 -- decoders raise many types (OSError, SyntaxError, ...)
         kind = "truncated" if _looks_truncated(img.format, raw) else "corrupt"
         raise ImageDecodeError(f"{kind} {img.format} data: {e}", kind) from None
-    if exif_transpose:
-        img = ImageOps.exif_transpose(img)
-    out = to_rgb(img, alpha_background)
+    out = to_rgb(ImageOps.exif_transpose(img) if exif_transpose else img, alpha_background)
     out.load()
     return out
+
+
+def load_image(path: str | os.PathLike, size: int) -> np.ndarray | str:
+    """big_vision `decode|resize(size)` of an image file: uint8 [size, size, 3], or the reason
+    the file is unusable (undecodable, unreadable, vanished), for the caller to report."""
+    # imported here: clippo.preprocess imports torch, which decoding alone does not need
+    from clippo.preprocess import resize_uint8
+
+    try:
+        return resize_uint8(decode_image(path), size)
+    except ImageDecodeError as e:
+        return str(e) or e.kind
+    except OSError as e:  # permissions, a file that vanished
+        return f"{type(e).__name__}: {e}"
+
+
+def list_images(directory: str | os.PathLike) -> list[Path]:
+    """Image files (by `IMAGE_SUFFIXES`, case-insensitive) under `directory`, recursively,
+    sorted."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise NotADirectoryError(f"not a directory: {root}")
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

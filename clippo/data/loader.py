@@ -4,7 +4,7 @@ loader; `clippo.data.mixer` itself stays torch-free)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -48,6 +48,8 @@ def mixer_loader(
         MixerDataset(mixer, first, stop_step),
         batch_size=None,
         num_workers=num_workers,
-        collate_fn=collate,
+        # torch's stubs type collate_fn as taking a list of samples; with batch_size=None it
+        # gets each item as it is (here a MixedBatch)
+        collate_fn=cast("Callable[[list[Any]], Any]", collate),
         **dataloader_kwargs,
     )

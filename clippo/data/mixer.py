@@ -24,16 +24,17 @@ from typing import Any
 
 import numpy as np
 
+from clippo import typed_config
 from clippo.data.sources import (
     MapSource,
     RandomAccessSource,
     RandomAccessStream,
+    Sample,
     ShardedSource,
     SkipStats,
     seeded_rng,
     sharded_stream,
 )
-from clippo.dataclass_utils import check_keys
 
 __all__ = ["BatchMixer", "MixedBatch", "MixerConfig"]
 
@@ -63,8 +64,7 @@ class MixerConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MixerConfig:
-        check_keys(cls, d)
-        return cls(**d)
+        return typed_config.from_dict(cls, d)
 
 
 @dataclass
@@ -205,19 +205,24 @@ class BatchMixer:
         all_img, all_txt = self._consumed(first)
         own_img, own_txt = self._consumed(first, num_workers, residue)
 
-        def open_side(sources, labels, consumed, own):
-            handles = []
+        def open_side(
+            sources: Sequence[RandomAccessSource | ShardedSource],
+            labels: Sequence[str],
+            consumed: np.ndarray,
+            own: np.ndarray,
+        ) -> tuple[list[RandomAccessStream | Iterator[Sample]], np.ndarray]:
+            handles: list[RandomAccessStream | Iterator[Sample]] = []
             for src, label, c_own in zip(sources, labels, own):
                 if isinstance(src, ShardedSource):
                     stream = sharded_stream(
                         src, label, part, num_parts, seed, int(c_own), stats, max_bad
                     )
-                    handles.append(("sharded", stream))
+                    handles.append(stream)
                 else:
                     ra = RandomAccessStream(
                         src, label, self.rank, self.world_size, seed, stats, max_bad
                     )
-                    handles.append(("random", ra))
+                    handles.append(ra)
             return handles, consumed.copy()
 
         img_handles, img_pos = open_side(self.image_sources, self.image_labels, all_img, own_img)
@@ -234,9 +239,12 @@ class BatchMixer:
                 (img_handles, img_pos, n_img, self.image_labels),
                 (txt_handles, txt_pos, n_txt, self.text_labels),
             ):
-                for (how, handle), p, n, label in zip(handles, pos, counts, labels):
+                for handle, p, n, label in zip(handles, pos, counts, labels):
                     for k in range(int(n)):
-                        sample = handle.item(int(p) + k) if how == "random" else next(handle)
+                        if isinstance(handle, RandomAccessStream):
+                            sample = handle.item(int(p) + k)
+                        else:
+                            sample = next(handle)
                         left.append(sample[0])
                         right.append(sample[1])
                         keys.append(f"{label}/{sample[2]}")

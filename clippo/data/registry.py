@@ -1,15 +1,22 @@
-"""Pair sources by registry name, for configs: `build_source("csv", "pairs.csv", {...})`."""
+"""Pair sources by registry name, for configs: `build_source("csv", "pairs.csv", {...})`.
+
+`SOURCES` is a `clippo.registry.Registry`: `SOURCES.register("mine", MySource)` adds a kind;
+a factory takes the source path first, then keyword options.
+"""
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from types import MappingProxyType
 from typing import Any
 
 from clippo.data import image_text, text_pairs
+from clippo.registry import Registry
 
-SOURCES: Mapping[str, Callable[..., Any]] = MappingProxyType(
+__all__ = ["SOURCES", "build_source"]
+
+SOURCES: Registry[Callable[..., Any]] = Registry(
+    "source kind",
     {
         "webdataset": image_text.TarShards,
         "parquet": image_text.ParquetImageText,
@@ -19,18 +26,17 @@ SOURCES: Mapping[str, Callable[..., Any]] = MappingProxyType(
         "word_dropout": text_pairs.WordDropoutPairs,
         "pair_file": text_pairs.PairFile,
         "aligned_files": text_pairs.AlignedFiles,
-    }
+    },
+    callables=True,
 )
-SOURCE_KINDS = tuple(SOURCES)
 
 
-def build_source(kind: str, path: Any, options: Mapping[str, Any] | None = None):
+def build_source(kind: str, path: Any, options: Mapping[str, Any] | None = None) -> Any:
     """Make a source by registry name (exact match): `build_source("csv", "pairs.csv", {...})`.
 
-    Unknown kinds and unknown option names are ValueErrors that list what is accepted.
+    Unknown kinds (`clippo.registry.UnknownNameError`) and unknown option names are ValueErrors
+    that list what is accepted.
     """
-    if kind not in SOURCES:
-        raise ValueError(f"unknown source kind {kind!r}; expected one of {sorted(SOURCES)}")
     factory = SOURCES[kind]
     options = dict(options or {})
     params = inspect.signature(factory).parameters

@@ -99,7 +99,7 @@ def _outline(shape: str) -> np.ndarray:
                 [-e, w],
                 [-e, -w],
                 [-w, -w],
-            ]  # fmt: skip
+            ]
         )
     if shape == "heart":
         t = np.linspace(0.0, 2 * np.pi, 48, endpoint=False)

@@ -69,7 +69,8 @@ _WORD_AHEAD = re.compile(r"\s*(\S*)")
 
 def _next_word(text: str, pos: int) -> str:
     """The next whitespace-delimited word at or after `pos`, without opening punctuation."""
-    return _WORD_AHEAD.match(text, pos).group(1).lstrip(_OPENING_PUNCT)
+    m = _WORD_AHEAD.match(text, pos)  # always matches (every part of the pattern is optional)
+    return m.group(1).lstrip(_OPENING_PUNCT) if m else ""
 
 
 def _token_before(text: str, pos: int) -> str:
@@ -102,7 +103,8 @@ def _ends_at_period(token: str, next_word: str) -> bool:
 def _split_paragraph(text: str) -> list[str]:
     cuts = [0]
     for m in _TERMINATOR.finditer(text):
-        end = _CLOSER_RUN.match(text, m.end()).end()
+        closers = _CLOSER_RUN.match(text, m.end())  # always matches (may be empty)
+        end = closers.end() if closers else m.end()
         if m.group("always"):
             cuts.append(end)
             continue

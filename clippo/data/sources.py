@@ -22,8 +22,8 @@ from __future__ import annotations
 import logging
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -53,7 +53,7 @@ class SkipSample(Exception):
         self.kind = kind
         self.message = message
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[SkipSample], tuple[str, str]]:
         return (type(self), (self.kind, self.message))
 
 
@@ -172,7 +172,16 @@ class MapSource(RandomAccessSource):
 class RandomAccessStream:
     """Position -> sample for one rank's view of a random-access source (caches one permutation)."""
 
-    def __init__(self, source, label, part, num_parts, seed, stats, max_bad_in_a_row):
+    def __init__(
+        self,
+        source: RandomAccessSource,
+        label: str,
+        part: int,
+        num_parts: int,
+        seed: int,
+        stats: SkipStats,
+        max_bad_in_a_row: int,
+    ) -> None:
         self.source, self.label, self.stats = source, label, stats
         self.part, self.num_parts, self.seed = part, num_parts, seed
         self.max_bad = max_bad_in_a_row
@@ -186,7 +195,7 @@ class RandomAccessStream:
         epoch, offset = divmod(g, self.n)
         if not self.source.shuffle:
             return offset
-        if epoch != self._perm_epoch:
+        if epoch != self._perm_epoch or self._perm is None:
             self._perm = seeded_rng(self.seed, self.label, "epoch", epoch).permutation(self.n)
             self._perm_epoch = epoch
         return int(self._perm[offset])
@@ -211,6 +220,15 @@ class RandomAccessStream:
 # ---- sharded (streamed) sources ----------------------------------------------------------------
 
 
+class Unit(Protocol):
+    """What `ShardedSource.read_unit` returns: a sized, indexable run of raw records (it may also
+    have `close()` and `problems`)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int, /) -> Any: ...
+
+
 class ShardedSource(ABC):
     """A source read unit by unit (a tar shard, a parquet row group, a corpus file).
 
@@ -230,7 +248,7 @@ class ShardedSource(ABC):
     def unit_length(self, unit: int) -> int: ...
 
     @abstractmethod
-    def read_unit(self, unit: int) -> Sequence[Any]: ...
+    def read_unit(self, unit: int) -> Unit: ...
 
     @abstractmethod
     def decode(self, record: Any, item_seed: int) -> Sample: ...
@@ -243,7 +261,15 @@ def _partition_units(num_units: int, part: int, num_parts: int) -> tuple[list[in
     return list(range(num_units)), num_parts, part
 
 
-def _sharded_records(source: ShardedSource, label, part, num_parts, seed, start, stats):
+def _sharded_records(
+    source: ShardedSource,
+    label: str,
+    part: int,
+    num_parts: int,
+    seed: int,
+    start: int,
+    stats: SkipStats,
+) -> Iterator[tuple[int, Any]]:
     """Raw records (position, record) of one partition's infinite stream, from `start`.
 
     Unit lengths are asked for only while skipping (resuming); a fresh stream just reads."""
@@ -308,7 +334,16 @@ def _sharded_records(source: ShardedSource, label, part, num_parts, seed, start,
         epoch += 1
 
 
-def sharded_stream(source, label, part, num_parts, seed, start, stats, max_bad_in_a_row):
+def sharded_stream(
+    source: ShardedSource,
+    label: str,
+    part: int,
+    num_parts: int,
+    seed: int,
+    start: int,
+    stats: SkipStats,
+    max_bad_in_a_row: int,
+) -> Iterator[Sample]:
     """Good samples of one partition from `start`; a bad record is replaced by the next good one."""
     pending = 0
     for position, record in _sharded_records(source, label, part, num_parts, seed, start, stats):

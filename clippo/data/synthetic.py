@@ -23,8 +23,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from clippo import typed_config
 from clippo.data.scenes import COLOURS, COUNTS, POSITIONS, SHAPES, SIZES, Scene, render_scene
-from clippo.dataclass_utils import check_keys
 
 PLURALS: Mapping[str, str] = {s: s + ("es" if s.endswith("s") else "s") for s in SHAPES}
 
@@ -118,8 +118,7 @@ class SyntheticConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SyntheticConfig:
-        check_keys(cls, d)
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        return typed_config.from_dict(cls, d)
 
 
 def _rng(config: SyntheticConfig, stream: str, i: int) -> np.random.Generator:
@@ -185,7 +184,7 @@ def sample_scene(
     config: SyntheticConfig, pairs: Sequence[tuple[str, str]], rng: np.random.Generator
 ) -> Scene:
     """A random scene whose (colour, shape) is one of `pairs` (see `train_pairs`)."""
-    colour, shape = pairs[rng.integers(len(pairs))]
+    colour, shape = pairs[int(rng.integers(len(pairs)))]
     return Scene(
         colour=colour,
         shape=shape,
@@ -342,8 +341,12 @@ def zeroshot_sets(config: SyntheticConfig, n: int = 200) -> dict[str, ZeroShotSe
         scenes.append(scene)
         images.append(render_scene(scene, config.image_size, rng, config.textured))
     stacked = np.stack(images)
-    out = {}
-    for task, names in (("colour", config.colours), ("shape", config.shapes)):
+    out: dict[str, ZeroShotSet] = {}
+    tasks: tuple[tuple[Literal["colour", "shape"], tuple[str, ...]], ...] = (
+        ("colour", config.colours),
+        ("shape", config.shapes),
+    )
+    for task, names in tasks:
         labels = np.array([names.index(getattr(s, task)) for s in scenes], dtype=np.int64)
         out[task] = ZeroShotSet(stacked, labels, names, zeroshot_templates(config, task))
     return out

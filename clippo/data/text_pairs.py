@@ -114,7 +114,15 @@ class _ListUnit(list):
 class _CorpusSource(ShardedSource):
     """Shared machinery: files are units; `_records(docs)` turns a file's documents into records."""
 
-    def __init__(self, paths, format, text_field, splitter, shuffle, name) -> None:
+    def __init__(
+        self,
+        paths: str | Sequence[str],
+        format: CorpusFormat | None,
+        text_field: str,
+        splitter: Callable[[str], list[str]],
+        shuffle: bool,
+        name: str,
+    ) -> None:
         self.paths = expand_paths(paths)
         self.format, self.text_field = format, text_field
         self.splitter = splitter
@@ -285,9 +293,11 @@ class PairFile(RandomAccessSource):
         where = f"{self.path}:{index + 1}"
         if self.format == "tsv":
             fields = line.split("\t")
-            if len(fields) <= max(self.columns):
+            i, j = self.columns
+            assert isinstance(i, int) and isinstance(j, int)  # __init__: ints for tsv
+            if len(fields) <= max(i, j):
                 raise SkipSample("bad_row", f"{where}: {len(fields)} tab-separated fields")
-            a, b = fields[self.columns[0]], fields[self.columns[1]]
+            a, b = fields[i], fields[j]
         else:
             if not line.strip():
                 raise SkipSample("empty_text", f"{where}: blank line")

@@ -19,7 +19,7 @@ import os
 import re
 import zipfile
 import zlib
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,7 +134,9 @@ def _tower_entries(v: ViTConfig, src: str, with_pool: bool = True) -> list[_Entr
     hd = w // nh
     entries: list[_Entry] = []
 
-    def add(torch_key: str, fn: Callable[..., np.ndarray], *sources) -> None:
+    def add(
+        torch_key: str, fn: Callable[..., np.ndarray], *sources: tuple[str, Sequence[int]]
+    ) -> None:
         entries.append(_Entry(torch_key, tuple((k, tuple(s)) for k, s in sources), fn))
 
     def layernorm(t: str, b: str) -> None:

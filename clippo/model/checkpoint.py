@@ -55,7 +55,10 @@ def _with_weights(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> CLIPPO:
     """CLIPPO(cfg) holding exactly `state` (checked already), in float32 and eval mode."""
     with torch.device("meta"):  # skip the random init that the weights replace anyway
         model = CLIPPO(cfg)
-    state = {k: v.to(torch.float32) for k, v in state.items()}
+    # a copy in freshly allocated memory: tensors viewed straight from a safetensors buffer can sit
+    # off the usual alignment, and some BLAS paths then sum in another order (outputs differing
+    # by ~1e-7 from the saved model's on some processors)
+    state = {k: v.to(torch.float32, copy=True) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
 

@@ -2,7 +2,9 @@
 
 `ViTConfig` describes the one tower, `ModelConfig` the whole CLIPPO model (tower, projection,
 temperature and the renderer settings texts are drawn with). Both round-trip through plain dicts
-(`to_dict`/`from_dict`); unknown or missing keys are errors.
+(`to_dict`/`from_dict`, through `clippo.typed_config`); unknown or missing keys and values of
+the wrong type are `ConfigError`s (ValueErrors) naming the key. `VARIANTS` is a read-only
+`clippo.registry.Registry` of the named tower sizes.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from clippo.dataclass_utils import check_keys
+from clippo import typed_config
+from clippo.registry import Registry
 from clippo.render import RenderConfig
 
 POOL_TYPES = ("map", "gap")  # big_vision names: attention-probe pooling, global average pooling
@@ -61,14 +64,12 @@ class ViTConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ViTConfig:
-        check_keys(cls, data, require=True)
-        return cls(**data)
+        return typed_config.from_dict(cls, data)
 
     @classmethod
     def from_variant(cls, name: str, image_size: int = 224, pool_type: str = "map") -> ViTConfig:
-        """`ViTConfig.from_variant("B/16", 224)`; names are the keys of `VARIANTS`."""
-        if name not in VARIANTS:
-            raise ValueError(f"unknown ViT variant {name!r}; known: {', '.join(VARIANTS)}")
+        """`ViTConfig.from_variant("B/16", 224)`; names are the keys of `VARIANTS` (an unknown
+        one is a `clippo.registry.UnknownNameError`, a ValueError listing the known names)."""
         return cls(**VARIANTS[name].to_dict(), image_size=image_size, pool_type=pool_type)
 
 
@@ -103,12 +104,15 @@ _SIZES: dict[str, tuple[int, int, int, int]] = {
 _PATCHES = (8, 14, 16, 32)
 
 # "B/16" style names as big_vision spells them, plus "tiny-test" (the public fixture's tower).
-VARIANTS: dict[str, Variant] = {
-    f"{size}/{patch}": Variant(w, d, h, m, patch)
-    for size, (w, d, h, m) in _SIZES.items()
-    for patch in _PATCHES
-}
-VARIANTS["tiny-test"] = Variant(width=64, depth=2, num_heads=2, mlp_dim=128, patch_size=16)
+VARIANTS: Registry[Variant] = Registry(
+    "ViT variant",
+    {
+        f"{size}/{patch}": Variant(w, d, h, m, patch)
+        for size, (w, d, h, m) in _SIZES.items()
+        for patch in _PATCHES
+    },
+)
+VARIANTS.register("tiny-test", Variant(width=64, depth=2, num_heads=2, mlp_dim=128, patch_size=16))
 
 
 @dataclass(frozen=True)
@@ -122,7 +126,9 @@ class ModelConfig:
     vit: ViTConfig
     out_dim: int = 768
     temperature_init: float = 10.0
-    render: RenderConfig = field(default=None)  # type: ignore[assignment]  # filled in below
+    # None: filled in by __post_init__ (see above); the ignore keeps the None default, which
+    # typed_config.from_dict needs to read a null `render` as "the default"
+    render: RenderConfig = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if not isinstance(self.vit, ViTConfig):
@@ -152,12 +158,10 @@ class ModelConfig:
     ) -> ModelConfig:
         """Named variant; `out_dim` defaults to the tower width (CLIPPO B/16: 768)."""
         vit = ViTConfig.from_variant(name, image_size=image_size)
-        return cls(
-            vit=vit,
-            out_dim=vit.width if out_dim is None else out_dim,
-            temperature_init=temperature_init,
-            render=render,  # type: ignore[arg-type]
-        )
+        dim = vit.width if out_dim is None else out_dim
+        if render is None:  # the default renderer at the tower's image size
+            return cls(vit=vit, out_dim=dim, temperature_init=temperature_init)
+        return cls(vit=vit, out_dim=dim, temperature_init=temperature_init, render=render)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -169,9 +173,6 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
-        check_keys(cls, data, require=True)
-        kw = dict(data)
-        kw["vit"] = ViTConfig.from_dict(data["vit"])
-        if kw.get("render") is not None:
-            kw["render"] = RenderConfig.from_dict(data["render"])
-        return cls(**kw)
+        """The `to_dict` form back; `vit` and `render` are converted as nested tables (a missing
+        or null `render` means the default at the tower's image size)."""
+        return typed_config.from_dict(cls, data)

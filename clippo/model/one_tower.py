@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from timm.layers import GELUTanh, lecun_normal_
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from clippo.model.config import ModelConfig, ViTConfig
 from clippo.model.files import save_model
@@ -37,7 +38,13 @@ def _mlp_ratio(width: int, mlp_dim: int) -> float:
     return ratio
 
 
-def vit_tower(v: ViTConfig, num_classes: int = 0, weight_init: str = "") -> VisionTransformer:
+# timm's VisionTransformer weight_init modes ("skip": leave the layers as constructed)
+WeightInit = Literal["skip", "reset", "jax", "jax_nlhb", "moco", ""]
+
+
+def vit_tower(
+    v: ViTConfig, num_classes: int = 0, weight_init: WeightInit = ""
+) -> VisionTransformer:
     """timm's `VisionTransformer` with big_vision's settings for `v` (the CLIPPO tower).
     num_classes > 0 adds timm's Linear head; weight_init is timm's ("" default, "skip" none)."""
     return VisionTransformer(
@@ -58,9 +65,50 @@ def vit_tower(v: ViTConfig, num_classes: int = 0, weight_init: str = "") -> Visi
     )
 
 
+def _linear(module: nn.Module, path: str) -> nn.Linear:
+    """The `nn.Linear` at dotted `path` under `module` (timm types its sub-layers loosely)."""
+    layer = module.get_submodule(path)
+    if not isinstance(layer, nn.Linear):
+        raise TypeError(f"{path}: expected nn.Linear, got {type(layer).__name__}")
+    return layer
+
+
 def l2_normalize(x: Tensor) -> Tensor:
     """`x / (||x||_2 + 1e-8)` over the last axis (not `F.normalize`, which clamps the norm)."""
     return x / (torch.linalg.vector_norm(x, dim=-1, keepdim=True) + NORM_EPS)
+
+
+def prompt_ensemble(
+    encode_texts: Callable[[list[str]], Any],
+    class_names: Sequence[str],
+    templates: Sequence[str],
+    batch_size: int = 256,
+    *,
+    progress: bool = False,
+) -> Tensor:
+    """Zero-shot class embeddings float32 [C, D], big_vision's prompt ensemble.
+
+    Every template (one "{}", filled with the class name) of every class is embedded by
+    `encode_texts` (a list of at most `batch_size` prompts -> [B, D], torch or numpy, any scale)
+    and L2-normalised; each class's T prompt embeddings are averaged and the mean re-normalised.
+    Names and templates are used as given (`clippo.prompts` has the canonicalisation).
+    """
+    if not class_names or not templates:
+        raise ValueError("class embeddings need at least one class name and one template")
+    prompts = [fill(tpl, name) for name in class_names for tpl in templates]
+    chunks = []
+    starts = range(0, len(prompts), batch_size)
+    for lo in tqdm(starts, desc="class prompts", disable=not progress, leave=False):
+        batch = prompts[lo : lo + batch_size]
+        z = torch.as_tensor(encode_texts(batch)).float()
+        if z.ndim != 2 or len(z) != len(batch):
+            raise ValueError(
+                f"text encoder returned shape {tuple(z.shape)} for a batch of {len(batch)} "
+                f"prompts; expected [{len(batch)}, D]"
+            )
+        chunks.append(z)
+    z = l2_normalize(torch.cat(chunks))  # [C * T, D]
+    return l2_normalize(z.reshape(len(class_names), len(templates), -1).mean(dim=1))
 
 
 class CLIPPO(nn.Module):
@@ -77,13 +125,16 @@ class CLIPPO(nn.Module):
         self.reset_parameters()
 
     @classmethod
-    def from_variant(cls, name: str, image_size: int = 224, **kwargs) -> CLIPPO:
+    def from_variant(cls, name: str, image_size: int = 224, **kwargs: Any) -> CLIPPO:
         """`CLIPPO.from_variant("B/16", image_size=224, out_dim=768)`; see `clippo.VARIANTS`."""
         return cls(ModelConfig.from_variant(name, image_size=image_size, **kwargs))
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """big_vision's initialisation (REFERENCE.md 2.5), not timm's."""
+        """big_vision's initialisation, not timm's: lecun-normal patch-embedding and head kernels,
+        xavier-uniform Dense kernels (q, k and v as separate kernels), MLP biases N(0, 1e-6),
+        other biases 0, position embedding N(0, 1/sqrt(width)), LayerNorm scale 1 and bias 0,
+        and t = log(temperature_init)."""
         width = self.config.vit.width
 
         def xavier_blocks(weight: Tensor, n: int) -> None:
@@ -92,33 +143,37 @@ class CLIPPO(nn.Module):
                 nn.init.xavier_uniform_(chunk)
 
         def mlp(m: nn.Module) -> None:
-            for fc in (m.fc1, m.fc2):
+            for fc in (_linear(m, "fc1"), _linear(m, "fc2")):
                 nn.init.xavier_uniform_(fc.weight)
                 nn.init.normal_(fc.bias, std=1e-6)
 
         vit = self.vit
         lecun_normal_(vit.patch_embed.proj.weight)
         nn.init.zeros_(vit.patch_embed.proj.bias)
+        if vit.pos_embed is None:  # built with a learned position embedding (vit_tower)
+            raise RuntimeError("the ViT tower has no position embedding")
         nn.init.normal_(vit.pos_embed, std=1 / math.sqrt(width))
         for m in self.modules():
             if isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         for block in vit.blocks:
-            xavier_blocks(block.attn.qkv.weight, 3)
-            nn.init.zeros_(block.attn.qkv.bias)
-            nn.init.xavier_uniform_(block.attn.proj.weight)
-            nn.init.zeros_(block.attn.proj.bias)
-            mlp(block.mlp)
+            qkv, proj = _linear(block, "attn.qkv"), _linear(block, "attn.proj")
+            xavier_blocks(qkv.weight, 3)
+            nn.init.zeros_(qkv.bias)
+            nn.init.xavier_uniform_(proj.weight)
+            nn.init.zeros_(proj.bias)
+            mlp(block.get_submodule("mlp"))
         pool = vit.attn_pool
         if pool is not None:
             # flax xavier on the probe's shape (1, 1, width): fan_in 1, fan_out width
             bound = math.sqrt(6.0 / (1 + width))
             nn.init.uniform_(pool.latent, -bound, bound)
-            nn.init.xavier_uniform_(pool.q.weight)
-            xavier_blocks(pool.kv.weight, 2)
-            nn.init.xavier_uniform_(pool.proj.weight)
-            for lin in (pool.q, pool.kv, pool.proj):
+            q, kv, out = _linear(pool, "q"), _linear(pool, "kv"), _linear(pool, "proj")
+            nn.init.xavier_uniform_(q.weight)
+            xavier_blocks(kv.weight, 2)
+            nn.init.xavier_uniform_(out.weight)
+            for lin in (q, kv, out):
                 nn.init.zeros_(lin.bias)
             mlp(pool.mlp)
         lecun_normal_(self.head.weight)
@@ -262,17 +317,12 @@ class CLIPPO(nn.Module):
     def class_embeddings(
         self, class_names: Sequence[str], templates: Sequence[str], batch_size: int = 256
     ) -> Tensor:
-        """Prompt-ensemble class embeddings [C,D]: mean over templates, then re-normalised.
+        """Prompt-ensemble class embeddings [C,D] of this model (`prompt_ensemble`).
 
         Each template holds one "{}" that the class name replaces. Names and templates are used
         as given; `clippo.prompts` has big_vision's canonicalisation and its `clip_paper` list.
         """
-        if not class_names or not templates:
-            raise ValueError("class_embeddings needs at least one class name and one template")
-        prompts = [fill(tpl, name) for name in class_names for tpl in templates]
-        z = self.encode_texts(prompts, batch_size=batch_size).float()
-        z = z.reshape(len(class_names), len(templates), -1).mean(dim=1)
-        return l2_normalize(z)
+        return prompt_ensemble(self.encode_texts, class_names, templates, batch_size)
 
     @torch.no_grad()
     def classify(

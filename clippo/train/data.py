@@ -18,19 +18,23 @@ from clippo.data.loader import mixer_loader
 from clippo.data.mixer import BatchMixer, MixerConfig
 from clippo.data.registry import build_source
 from clippo.data.sources import MapSource, ShardedSource
+from clippo.render.unifont_torch import to_pixels_torch
 from clippo.train.config import ConfigError, DataConfig, SourceConfig
 
 SYNTHETIC_KINDS = ("synthetic", "synthetic_paraphrase")  # clippo.data.synthetic (demo corpus)
 
 
-def to_pixels(side: Any, device: torch.device, renderer: Any) -> torch.Tensor:
-    """One side of a (left, right) batch -> float32 [b,3,H,W] in [-1,1] on `device`: float
-    pixels as given, uint8 [b,H,W,3] converted there, a list of strings rendered there."""
+def side_pixels(side: Any, device: torch.device, renderer: Any) -> torch.Tensor:
+    """One side of a (left, right) batch -> model input on `device`: float pixels [b,3,H,W] as
+    float32, uint8 images [b,H,W,3] converted to float32 [b,3,H,W] in [-1,1], a list of strings
+    rendered there; integer token ids [b,L] pass through unchanged (for token-based towers)."""
     if isinstance(side, list | tuple):
         return renderer.render_torch(list(side), device=device)
     x = torch.as_tensor(side).to(device, non_blocking=True)
-    if x.dtype == torch.uint8:  # the same float32 ops as clippo.render.to_pixels
-        return (x.permute(0, 3, 1, 2).float() / 255.0 * 2.0 - 1.0).contiguous()
+    if x.dtype == torch.uint8:
+        return to_pixels_torch(x)
+    if not x.is_floating_point():
+        return x
     return x.float()
 
 
@@ -42,7 +46,7 @@ def batch_pixels(
         out = to_device(batch, device, renderer, non_blocking=True)
         return out["left_pixels"], out["right_pixels"]
     left, right = batch
-    return to_pixels(left, device, renderer), to_pixels(right, device, renderer)
+    return side_pixels(left, device, renderer), side_pixels(right, device, renderer)
 
 
 def build_source_from_config(spec: SourceConfig, image_size: int, key: str, images: bool) -> Any:

@@ -22,20 +22,23 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
 
 import clippo.train.distributed as cdist
+from clippo.model.checkpoint import load_dir, load_image_init
 from clippo.model.one_tower import CLIPPO
-from clippo.train.config import ConfigError, ModelSection, TrainConfig
+from clippo.train.config import ConfigError, LoopConfig, ModelSection, TrainConfig
 from clippo.train.data import TrainData, batch_pixels
 from clippo.train.log import METRICS_FILE, MetricsLogger, Progress, plot_loss_curve
+from clippo.train.loss import ContrastiveLoss
 from clippo.train.optim import build_optimizer, set_lr
-from clippo.train.precision import use_bf16
+from clippo.train.precision import choose_precision
 from clippo.train.schedule import build_schedule
 from clippo.train.state import (
+    Checkpoint,
     TrainerState,
     gather_full_state,
     list_checkpoints,
@@ -47,7 +50,10 @@ from clippo.train.state import (
     set_rng_state,
     sigterm_flag,
 )
-from clippo.train.step import ContrastiveStep
+from clippo.train.step import CachedLoss, ContrastiveStep, Embed, Loss
+
+if TYPE_CHECKING:
+    from torch.distributed.fsdp import FSDPModule
 
 Batch = Mapping[str, Any] | tuple[Any, Any]
 DataFactory = Callable[[int], Iterator[Batch]]
@@ -81,10 +87,29 @@ def build_model(m: ModelSection) -> CLIPPO:
     if m.init_from:
         if not Path(m.init_from).is_file():
             raise ConfigError(f"model.init_from: no such file {m.init_from!r}")
-        from clippo.model.checkpoint import load_image_init
-
         load_image_init(m.init_from, model)
     return model
+
+
+def restore_or_build_model(
+    section: ModelSection, given: CLIPPO | None, checkpoint: Checkpoint | None
+) -> CLIPPO:
+    """The model to train: the checkpoint's when resuming (`given` is then ignored), else
+    `given`, else a new one built from `section`."""
+    if checkpoint is not None:
+        return load_dir(checkpoint.path)
+    return given if given is not None else build_model(section)
+
+
+def local_batch_size(loop: LoopConfig, world_size: int) -> int:
+    """This rank's pairs per optimiser step: `loop.batch_size` must split evenly over the ranks
+    and then over `loop.accum_steps` micro-batches."""
+    if loop.batch_size % (world_size * loop.accum_steps):
+        raise ConfigError(
+            f"loop.batch_size {loop.batch_size} is not divisible by world size {world_size} x "
+            f"loop.accum_steps {loop.accum_steps}"
+        )
+    return loop.batch_size // world_size
 
 
 def _chunks(side: Any, n: int) -> list[Any]:
@@ -92,45 +117,92 @@ def _chunks(side: Any, n: int) -> list[Any]:
     return [side[i * size : (i + 1) * size] for i in range(n)]
 
 
-class Trainer:
-    """Holds the wrapped model, optimiser and state; `run()` executes the loop."""
+def _under(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The entries of a state dict below `prefix`, with the prefix removed."""
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
-    def __init__(self, cfg: TrainConfig, data: DataFactory | None, hooks: Sequence[Hook],
-                 model: CLIPPO | None) -> None:  # fmt: skip
+
+class Trainer:
+    """Holds the wrapped model, optimiser and state; `run()` executes the loop.
+
+    Built in this order: the devices and the batch split, the checkpoint to resume (if any), the
+    model (restored or built), the training step (model + loss) wrapped for DDP/FSDP, the
+    optimiser and schedule (their state restored), then the data (repositioned).
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        data: DataFactory | None,
+        hooks: Sequence[Hook],
+        model: CLIPPO | None,
+    ) -> None:
         self.cfg, self.hooks = cfg, list(hooks)
         lp = cfg.loop
         self.dist = cdist.init_distributed(device=None if lp.device == "auto" else lp.device)
-        self.device, world = self.dist.device, self.dist.world_size
-        if lp.batch_size % (world * lp.accum_steps):
-            raise ConfigError(
-                f"loop.batch_size {lp.batch_size} is not divisible by world size {world} x "
-                f"loop.accum_steps {lp.accum_steps}"
-            )
-        self.local_batch = lp.batch_size // world
-        self.bf16 = use_bf16(lp.precision, self.device)
+        self.device = self.dist.device
+        self.local_batch = local_batch_size(lp, self.dist.world_size)
+        # chosen from the flag and the processor (never timed): the same run gets the same choice
+        self.precision = choose_precision(lp.precision, self.device)
+        self.bf16 = self.precision.bf16
         self.run_dir = Path(cfg.logging.run_dir)
         torch.manual_seed(lp.seed)  # the same init on every rank
-        self.state = TrainerState()
-        resume = resolve_resume(cfg.checkpoint.resume, self.run_dir)
-        if resume is None and list_checkpoints(self.run_dir):  # would interleave with a new run
+
+        resume = self._checkpoint_to_resume()
+        self.state = resume.state if resume is not None else TrainerState()
+        self.model = restore_or_build_model(cfg.model, model, resume).to(self.device).train()
+        self.core = self._training_step(resume)
+        self.fsdp = lp.parallel == "fsdp"
+        self.module = self._wrap()
+        self.optimizer = self._build_optimizer()
+        self.schedule = build_schedule(cfg.schedule, lp.steps)
+        # clipped as one set, the loss's first: the order of the norm's float sum that runs from
+        # before the loss owned the bias had, so resuming their checkpoints stays bitwise exact
+        self.params = [
+            p for m in (self.core.loss, self.model) for p in m.parameters() if p.requires_grad
+        ]
+        if resume is not None:
+            load_optimizer_state(self.core, self.optimizer, resume.optim["optimizer"], self.fsdp)
+            set_rng_state(resume.optim["rng"])
+        self.data = self._position_data(data)
+
+    # ---- building, in the order of __init__ ----------------------------------------------------
+
+    def _checkpoint_to_resume(self) -> Checkpoint | None:
+        """The checkpoint named by `checkpoint.resume`; refuses to start a fresh run in a run
+        directory that holds checkpoints (the two runs' checkpoints would interleave)."""
+        path = resolve_resume(self.cfg.checkpoint.resume, self.run_dir)
+        if path is None and list_checkpoints(self.run_dir):
             raise ConfigError(
                 f"logging.run_dir {str(self.run_dir)!r} holds checkpoints of an earlier run: "
                 "resume it (--resume auto) or choose another run directory"
             )
-        optim_state: dict[str, Any] = {}
-        if resume is not None:
-            from clippo.model.checkpoint import load_dir
+        return None if path is None else load_checkpoint(path)
 
-            self.state, optim_state, _ = load_checkpoint(resume)
-            model = load_dir(resume).train()
-        self.model = (model or build_model(cfg.model)).to(self.device).train()
-        self.core = ContrastiveStep(self.model, lp.loss, lp.local_loss).to(self.device)
-        if "logit_bias" in optim_state and self.core.logit_bias is not None:
-            self.core.logit_bias.data.copy_(optim_state["logit_bias"])
-        if cfg.model.grad_checkpointing:
+    def _training_step(self, resume: Checkpoint | None) -> ContrastiveStep:
+        """Model + loss on the device; the loss owns the sigmoid loss's bias (restored here,
+        before any sharding)."""
+        lp = self.cfg.loop
+        loss = ContrastiveLoss(
+            lp.loss, gather=True, local_loss=lp.local_loss, learn_bias=lp.loss == "sigmoid"
+        )
+        core = ContrastiveStep(self.model, loss).to(self.device)
+        if resume is not None:
+            try:
+                loss.load_state_dict(resume.loss)
+            except RuntimeError as e:
+                raise ConfigError(
+                    f"checkpoint {str(resume.path)!r}: its loss state {sorted(resume.loss)} does "
+                    f"not fit loop.loss={lp.loss!r}: {e}"
+                ) from None
+        return core
+
+    def _wrap(self) -> nn.Module:
+        """The module the loop calls: the step itself (sharded in place under FSDP) or its DDP
+        wrapper. Gradient checkpointing is switched on first, compilation comes last."""
+        if self.cfg.model.grad_checkpointing:
             self.model.vit.set_grad_checkpointing(True)
-        self.fsdp = lp.parallel == "fsdp"
-        self.module: nn.Module = self.core
+        module: nn.Module = self.core
         if self.fsdp:
             from torch.distributed.fsdp import fully_shard
 
@@ -139,27 +211,40 @@ class Trainer:
             fully_shard(self.core)
         elif self.dist.is_distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.module = nn.parallel.DistributedDataParallel(self.core, device_ids=ids)
-        if cfg.model.compile:
+            module = nn.parallel.DistributedDataParallel(self.core, device_ids=ids)
+        if self.cfg.model.compile:
             self.model.compile()  # in place: parameter names (and checkpoints) stay the same
-        self.optimizer = build_optimizer(self.model, cfg.optim)
-        if self.core.logit_bias is not None:
-            self.optimizer.add_param_group(
-                {"params": [self.core.logit_bias], "weight_decay": 0.0, "name": "loss_bias",
-                 "lr": cfg.optim.lr, "peak_lr": cfg.optim.lr})  # fmt: skip
-        self.schedule = build_schedule(cfg.schedule, lp.steps)
-        self.params = [p for p in self.core.parameters() if p.requires_grad]
-        if optim_state:
-            load_optimizer_state(self.core, self.optimizer, optim_state["optimizer"], self.fsdp)
-            set_rng_state(optim_state["rng"])
+        return module
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        """The model's parameter groups, then the loss's own parameters (the sigmoid bias) in a
+        group "loss_bias" without weight decay, last so that saved optimiser states line up."""
+        optimizer = build_optimizer(self.model, self.cfg.optim)
+        own = list(self.core.loss.parameters())
+        if own:
+            lr = self.cfg.optim.lr
+            optimizer.add_param_group(
+                {"params": own, "weight_decay": 0.0, "name": "loss_bias", "lr": lr, "peak_lr": lr}
+            )
+        return optimizer
+
+    def _position_data(self, data: DataFactory | None) -> DataFactory:
+        """`data`, or the pipeline built from `cfg.data`, moved to the resumed position (which
+        also checks that the data setup is unchanged)."""
         if data is None:
+            lp = self.cfg.loop
             data = TrainData(
-                cfg.data, self.model.renderer, self.local_batch, seed=lp.seed,
-                rank=self.dist.rank, world_size=world, pin_memory=self.device.type == "cuda",
-            )  # fmt: skip
+                self.cfg.data,
+                self.model.renderer,
+                self.local_batch,
+                seed=lp.seed,
+                rank=self.dist.rank,
+                world_size=self.dist.world_size,
+                pin_memory=self.device.type == "cuda",
+            )
         if self.state.data and hasattr(data, "load_state_dict"):
-            data.load_state_dict(self.state.data)  # checks the data setup is unchanged
-        self.data = data
+            data.load_state_dict(self.state.data)
+        return data
 
     # ---- one optimiser step --------------------------------------------------------------------
 
@@ -168,63 +253,86 @@ class Trainer:
         if isinstance(self.module, nn.parallel.DistributedDataParallel) and not last:
             return self.module.no_sync()
         if self.fsdp:
-            self.module.set_requires_gradient_sync(last)
+            self._sharded().set_requires_gradient_sync(last)
         return contextlib.nullcontext()
+
+    def _sharded(self) -> FSDPModule:
+        """The step under FSDP (`fully_shard` turned it into an `FSDPModule` in place)."""
+        return cast("FSDPModule", self.core)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def step(self, batch: Batch) -> Tensor:
         """Forward/backward over the batch (accumulating micro-batches) -> detached loss []."""
-        n = self.cfg.loop.accum_steps
         left, right = batch_pixels(batch, self.device, self.model.renderer)
         if len(left) != self.local_batch or len(right) != self.local_batch:
             raise ValueError(
                 f"data gave a batch of {len(left)}/{len(right)} pairs; expected {self.local_batch}"
             )
+        n = self.cfg.loop.accum_steps
         if n == 1:
             with self._sync(True), self._autocast():
-                loss = self.module(left, right)
+                loss = self.module(left, right, Loss())
             loss.backward()
             return loss.detach()
-        lefts, rights = _chunks(left, n), _chunks(right, n)
+        return self._accumulate(_chunks(left, n), _chunks(right, n))
+
+    def _accumulate(self, lefts: list[Tensor], rights: list[Tensor]) -> Tensor:
+        """Gradients equal to one step on the whole batch, with one micro-batch's activations in
+        memory at a time -> the loss [] (detached)."""
+        n = len(lefts)
         with torch.no_grad(), self._autocast():  # pass 1: every embedding, no activations kept
-            cached = [self.module(a, b, embed_only=True) for a, b in zip(lefts, rights)]
-        cache = ([c[0] for c in cached], [c[1] for c in cached])
-        for i in range(n):  # pass 2: recompute micro-batch i with gradients, rest from cache
+            embedded = [self.module(a, b, Embed()) for a, b in zip(lefts, rights)]
+        zls, zrs = [z[0] for z in embedded], [z[1] for z in embedded]
+        losses = []
+        for i in range(n):  # pass 2: recompute micro-batch i with gradients, the rest cached
+            # the last micro-step owns the shared parameters: DDP expects every grad when it syncs
+            request = CachedLoss(zls, zrs, index=i, owns_shared=i == n - 1)
             with self._sync(i == n - 1), self._autocast():
-                # the last micro-step owns t's gradient: DDP expects every grad when it syncs
-                loss = self.module(lefts[i], rights[i], cache=cache, index=i, grad_scale=i == n - 1)
+                loss = self.module(lefts[i], rights[i], request)
             loss.backward()
-            if i == 0:
-                first = loss.detach()
-        return first
+            losses.append(loss.detach())
+        return losses[0]
 
     # ---- checkpoints ---------------------------------------------------------------------------
 
     def save(self) -> Path | None:
         """Checkpoint the current state (collective under FSDP; rank 0 writes)."""
-        model, osd = self.model, None
+        model, loss, osd = self.model, self.core.loss.state_dict(), None
         if self.fsdp:  # every rank takes part in gathering the full state
-            model, osd = gather_full_state(self.core, self.optimizer, self.model.config)
+            model, loss, osd = self._gather_full_state()
         path = None
         if hasattr(self.data, "state_dict"):
             self.state.data = self.data.state_dict(self.state.step)
         if self.dist.is_main:
-            extra: dict[str, Any] = {
-                "optimizer": osd if osd is not None else self.optimizer.state_dict(),
-                "rng": rng_state(),
-            }
-            if self.core.logit_bias is not None:
-                extra["logit_bias"] = _full(self.core.logit_bias).detach().cpu()
             path = save_checkpoint(
-                self.run_dir, self.state, save_model=model.save, optim_state=extra,
-                train_config=self.cfg.to_dict(), keep_last=self.cfg.checkpoint.keep_last,
-            )  # fmt: skip
+                self.run_dir,
+                self.state,
+                save_model=model.save,
+                loss_state=loss,
+                optim_state={
+                    "optimizer": osd if osd is not None else self.optimizer.state_dict(),
+                    "rng": rng_state(),
+                },
+                train_config=self.cfg.to_dict(),
+                keep_last=self.cfg.checkpoint.keep_last,
+            )
             if self.cfg.logging.loss_png and (self.run_dir / METRICS_FILE).exists():
                 plot_loss_curve(self.run_dir)
         cdist.barrier()
         return path
+
+    def _gather_full_state(self) -> tuple[CLIPPO, dict[str, Tensor], dict[str, Any]]:
+        """Under FSDP (collective): a CPU CLIPPO with the full weights, the loss's full state
+        and the full optimiser state. Only rank 0 receives the tensors."""
+        full, osd = gather_full_state(self.core, self.optimizer)
+        with torch.device("meta"):
+            model = CLIPPO(self.model.config)
+        weights = _under(full, "model.")
+        if weights:
+            model.load_state_dict(weights, assign=True)
+        return model, _under(full, "loss."), osd
 
     # ---- the loop ------------------------------------------------------------------------------
 
@@ -235,11 +343,11 @@ class Trainer:
         self.model.eval()
         with torch.no_grad():
             if self.fsdp:
-                self.core.unshard()
+                self._sharded().unshard()
             for hook in self.hooks:
                 metrics.update(hook(self.model, step))
             if self.fsdp:
-                self.core.reshard()
+                self._sharded().reshard()
         self.model.train()
         return metrics
 
@@ -277,7 +385,8 @@ class Trainer:
         bar = Progress(total, st.step, enabled=main and cfg.logging.progress)
         data = self.data(st.step)
         last: dict[str, Any] = {}
-        ckpt, preempted, losses, skipped = None, False, [], {}
+        ckpt, preempted, losses = None, False, []
+        skipped: dict[str, int] = {}
         try:
             with sigterm_flag(cfg.checkpoint.on_sigterm) as term:
                 while st.step < total and not preempted:
@@ -297,12 +406,18 @@ class Trainer:
                     bar.update(loss, cfg.loop.batch_size / dt)
                     if st.step % log_every == 0 or st.step == total:
                         last = {
-                            "loss": loss, "loss_avg": sum(losses) / len(losses), "lr": lr,
-                            "grad_norm": gnorm, "logit_scale": math.exp(float(_full(self.model.t.detach()))),
-                            "pairs_per_s": cfg.loop.batch_size / dt, "step_time": dt,
-                            "data_time": t_data, "pairs_seen": st.pairs_seen,
+                            "loss": loss,
+                            "loss_avg": sum(losses) / len(losses),
+                            "lr": lr,
+                            "grad_norm": gnorm,
+                            "logit_scale": math.exp(float(_full(self.model.t.detach()))),
+                            "pairs_per_s": cfg.loop.batch_size / dt,
+                            "step_time": dt,
+                            "data_time": t_data,
+                            "pairs_seen": st.pairs_seen,
+                            "precision": self.precision.name,
                             **{f"skipped/{k}": n for k, n in skipped.items()},
-                        }  # fmt: skip
+                        }
                         losses.clear()
                         self.logger.log(st.step, last)
                     ev = cfg.logging.eval_every_steps
@@ -346,6 +461,7 @@ __all__ = [
     "ContrastiveStep",
     "Trainer",
     "build_model",
-    "use_bf16",
+    "local_batch_size",
+    "restore_or_build_model",
     "train",
 ]

@@ -32,12 +32,14 @@ __all__ = [
     "sigmoid_contrastive_loss_local",
     "ContrastiveLoss",
     "LOSS_KINDS",
+    "SIGLIP_BIAS_INIT",
 ]
 
 LOSS_KINDS = ("softmax", "sigmoid")
+SIGLIP_BIAS_INIT = -10.0  # SigLIP's init of the learned bias: every pair starts as a negative
 
 
-def _fp32(device: torch.device):
+def _fp32(device: torch.device) -> torch.autocast:
     """Compute the loss in float32 even inside a bf16 autocast region (logsumexp over B)."""
     return torch.autocast(device_type=device.type, enabled=False)
 
@@ -97,7 +99,9 @@ def softmax_contrastive_loss_local(
         return 0.5 * (F.cross_entropy(img_rows, target) + F.cross_entropy(txt_cols, target))
 
 
-def _sigmoid_rows(zimg, ztxt_all, scale, bias, offset) -> torch.Tensor:
+def _sigmoid_rows(
+    zimg: torch.Tensor, ztxt_all: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, offset: int
+) -> torch.Tensor:
     """Sum over rows zimg [b, D] vs ztxt_all [B, D] of -log sigmoid(label * logit)."""
     logits = scale * (zimg.float() @ ztxt_all.float().T) + bias  # [b, B]
     labels = -torch.ones_like(logits)
@@ -156,8 +160,9 @@ class ContrastiveLoss(nn.Module):
         ignored without a multi-process group.
     local_loss: compute only this rank's rows/columns against the global batch (needs gather).
     learn_bias / bias_init: for "sigmoid" without an external bias, own a learned bias [1]
-        (SigLIP init -10). Include this module in the optimiser, and in the DDP-wrapped module, so
-        its gradient is averaged like every other parameter.
+        (`SIGLIP_BIAS_INIT`). This module is then its one owner: include it in the optimiser, in
+        the DDP-wrapped module (so its gradient is averaged like every other parameter) and in
+        checkpoints (its `state_dict`).
     See the module docstring for the gradient convention.
     """
 
@@ -168,7 +173,7 @@ class ContrastiveLoss(nn.Module):
         local_loss: bool = False,
         *,
         learn_bias: bool = False,
-        bias_init: float = -10.0,
+        bias_init: float = SIGLIP_BIAS_INIT,
     ) -> None:
         super().__init__()
         if kind not in LOSS_KINDS:
@@ -191,35 +196,55 @@ class ContrastiveLoss(nn.Module):
         ztxt: torch.Tensor,
         logit_scale: torch.Tensor | float,
         logit_bias: torch.Tensor | float | None = None,
+        *,
+        detach_own: bool = False,
     ) -> torch.Tensor:
-        """zimg, ztxt: [b, D] this rank's pairs; logit_scale: exp(t), scalar or [1] -> loss []."""
+        """zimg, ztxt: [b, D] this rank's pairs; logit_scale: exp(t), scalar or [1] -> loss [].
+
+        detach_own: use this module's own parameters (the learned bias) without passing them a
+        gradient, for a call whose gradient they get from another call (gradient accumulation
+        over cached embeddings evaluates the whole loss once per micro-batch).
+        """
         _check_pair(zimg, ztxt)
-        bias = self._bias(logit_bias)
-        if not (self.gather and is_dist()):
-            if self.kind == "softmax":
-                return softmax_contrastive_loss(zimg, ztxt, logit_scale)
-            return sigmoid_contrastive_loss(zimg, ztxt, logit_scale, bias)
-
-        zimg_all = all_gather_with_grad(zimg)
-        ztxt_all = all_gather_with_grad(ztxt)
-        if not self.local_loss:
-            if self.kind == "softmax":
-                return softmax_contrastive_loss(zimg_all, ztxt_all, logit_scale)
-            return sigmoid_contrastive_loss(zimg_all, ztxt_all, logit_scale, bias)
-        offset = get_rank() * zimg.shape[0]
-        if self.kind == "softmax":
-            return softmax_contrastive_loss_local(
-                zimg, ztxt, zimg_all, ztxt_all, logit_scale, offset
-            )
-        return sigmoid_contrastive_loss_local(zimg, ztxt_all, logit_scale, bias, offset)
-
-    def _bias(self, logit_bias: torch.Tensor | float | None) -> torch.Tensor | float | None:
         if self.kind == "softmax":
             if logit_bias is not None:
                 raise ValueError(
                     "the softmax loss takes no logit_bias (a constant shift cancels in softmax)"
                 )
-            return None
+            return self._softmax(zimg, ztxt, logit_scale)
+        return self._sigmoid(zimg, ztxt, logit_scale, self._sigmoid_bias(logit_bias, detach_own))
+
+    def _softmax(
+        self, zimg: torch.Tensor, ztxt: torch.Tensor, scale: torch.Tensor | float
+    ) -> torch.Tensor:
+        if not (self.gather and is_dist()):
+            return softmax_contrastive_loss(zimg, ztxt, scale)
+        zimg_all, ztxt_all = all_gather_with_grad(zimg), all_gather_with_grad(ztxt)
+        if not self.local_loss:
+            return softmax_contrastive_loss(zimg_all, ztxt_all, scale)
+        offset = get_rank() * zimg.shape[0]
+        return softmax_contrastive_loss_local(zimg, ztxt, zimg_all, ztxt_all, scale, offset)
+
+    def _sigmoid(
+        self,
+        zimg: torch.Tensor,
+        ztxt: torch.Tensor,
+        scale: torch.Tensor | float,
+        bias: torch.Tensor | float,
+    ) -> torch.Tensor:
+        if not (self.gather and is_dist()):
+            return sigmoid_contrastive_loss(zimg, ztxt, scale, bias)
+        if self.local_loss:  # this rank's rows need every rank's texts, no other rank's images
+            offset = get_rank() * zimg.shape[0]
+            return sigmoid_contrastive_loss_local(
+                zimg, all_gather_with_grad(ztxt), scale, bias, offset
+            )
+        zimg_all, ztxt_all = all_gather_with_grad(zimg), all_gather_with_grad(ztxt)
+        return sigmoid_contrastive_loss(zimg_all, ztxt_all, scale, bias)
+
+    def _sigmoid_bias(
+        self, logit_bias: torch.Tensor | float | None, detach_own: bool
+    ) -> torch.Tensor | float:
         if logit_bias is not None:
             if self.logit_bias is not None:
                 raise ValueError(
@@ -230,4 +255,4 @@ class ContrastiveLoss(nn.Module):
             raise ValueError(
                 "the sigmoid loss needs logit_bias (or ContrastiveLoss(..., learn_bias=True))"
             )
-        return self.logit_bias
+        return self.logit_bias.detach() if detach_own else self.logit_bias

@@ -9,7 +9,7 @@ so with warm-up the very first update is zero). Here the same maths uses torch's
 each param group holds the current lr = peak_lr * sched(t) (see `set_lr`) and a `weight_decay`
 that is multiplied by that lr, so `build_optimizer` stores weight_decay = wd / peak_lr; then
 lr_t * (wd / peak_lr) = sched(t) * wd: decoupled and NOT multiplied by the peak lr. AdamW uses
-the same group layout (issue 4: wd 1e-4 at lr 1e-3 -> torch AdamW weight_decay 0.1).
+the same group layout (big_vision's wd 1e-4 at lr 1e-3 -> torch AdamW weight_decay 0.1).
 Gradient clipping by global norm belongs in the trainer (`torch.nn.utils.clip_grad_norm_`).
 """
 
@@ -19,12 +19,12 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import nn
 
-from clippo.dataclass_utils import check_keys
+from clippo import typed_config
 
 __all__ = [
     "OptimConfig",
@@ -85,8 +85,7 @@ class OptimConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> OptimConfig:
-        check_keys(cls, d)
-        return cls(**d)
+        return typed_config.from_dict(cls, d)
 
 
 # Module type -> its own parameters that get weight decay: the torch equivalents of big_vision's
@@ -108,7 +107,9 @@ DEFAULT_DECAY_PARAMS: Mapping[type[nn.Module], tuple[str, ...]] = MappingProxyTy
 )
 
 
-def _split(model: nn.Module, decay_params: Mapping[type[nn.Module], tuple[str, ...]]):
+def _split(
+    model: nn.Module, decay_params: Mapping[type[nn.Module], tuple[str, ...]]
+) -> tuple[list[tuple[str, nn.Parameter]], list[tuple[str, nn.Parameter]]]:
     decay_ids: set[int] = set()
     for module in model.modules():
         for cls, attrs in decay_params.items():
@@ -117,7 +118,8 @@ def _split(model: nn.Module, decay_params: Mapping[type[nn.Module], tuple[str, .
                     p = module._parameters.get(attr)  # own parameters only, exact attribute name
                     if p is not None:
                         decay_ids.add(id(p))
-    decay, no_decay = [], []
+    decay: list[tuple[str, nn.Parameter]] = []
+    no_decay: list[tuple[str, nn.Parameter]] = []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (decay if id(p) in decay_ids else no_decay).append((name, p))
@@ -199,24 +201,31 @@ class Adafactor(torch.optim.Optimizer):
         )
         super().__init__(params, defaults)
 
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
     @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
             for p in group["params"]:
-                if p.grad is None:
+                grad = p.grad
+                if grad is None:
                     continue
-                if p.grad.is_sparse:
+                if grad.is_sparse:
                     raise RuntimeError("Adafactor does not support sparse gradients")
-                self._update(p, group)
+                self._update(p, grad, group)
         return loss
 
-    def _update(self, p: torch.Tensor, group: dict[str, Any]) -> None:
+    def _update(self, p: torch.Tensor, grad: torch.Tensor, group: dict[str, Any]) -> None:
         state = self.state[p]
-        g = p.grad.float()
+        g = grad.float()
         dims = _factored_dims(tuple(p.shape), group["min_dim_size_to_factor"])
         if not state:
             state["step"] = torch.zeros((), dtype=torch.int64)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from clippo.dataclass_utils import check_keys
+from clippo import typed_config
 
 __all__ = ["SCHEDULE_KINDS", "Schedule", "ScheduleConfig", "build_schedule", "schedule_value"]
 
@@ -49,8 +49,7 @@ class ScheduleConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ScheduleConfig:
-        check_keys(cls, d)
-        return cls(**d)
+        return typed_config.from_dict(cls, d)
 
 
 def schedule_value(cfg: ScheduleConfig, total_steps: int, step: int) -> float:

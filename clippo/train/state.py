@@ -1,15 +1,18 @@
 """Training checkpoints: written atomically, pruned to the last K, found again by `resume="auto"`.
 
-Layout (agreed in apis.md):
+Layout:
 
     <run_dir>/checkpoints/step_000000123/
         config.json, model.safetensors   # exactly what `model.save` writes: `clippo.load(dir)` works
+        loss.safetensors                 # the loss module's parameters (the sigmoid loss's bias)
         train_config.json                # the resolved TrainConfig
-        optimizer.pt                     # optimiser, schedule, loss-module and RNG states
+        optimizer.pt                     # optimiser and RNG states
         trainer_state.json               # step, data position, counters; written last
 
 A checkpoint is built in `checkpoints/.tmp-step_...` and renamed into place, so a directory named
 `step_*` is always complete; a run killed mid-write leaves only a temp directory, removed later.
+Checkpoints written before `loss.safetensors` existed kept the bias in optimizer.pt as
+"logit_bias"; `load_checkpoint` reads them in today's form.
 """
 
 from __future__ import annotations
@@ -30,15 +33,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from clippo import typed_config
 from clippo.atomic import write_json_atomic
+from clippo.typed_config import ConfigError
 
 CHECKPOINTS = "checkpoints"
 _STEP_RE = re.compile(r"^step_(\d{9,})$")
 STATE_FILE = "trainer_state.json"
 OPTIM_FILE = "optimizer.pt"
+LOSS_FILE = "loss.safetensors"
 CONFIG_FILE = "train_config.json"
+# Before LOSS_FILE, the sigmoid bias was the training step's own parameter "logit_bias" (saved in
+# optimizer.pt); it is now the loss module's, "loss.logit_bias" in the training step.
+_OLD_BIAS, _BIAS = "logit_bias", "loss.logit_bias"
 
 
 @dataclass
@@ -64,15 +73,13 @@ class TrainerState:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "trainer_state") -> TrainerState:
-        unknown = set(d) - {"step", "pairs_seen", "data", "extra"}
-        if unknown:
-            raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
-        return cls(
-            step=int(d["step"]),
-            pairs_seen=int(d.get("pairs_seen", 0)),
-            data=dict(d.get("data", {})),
-            extra=dict(d.get("extra", {})),
-        )
+        """The `to_dict` form back; errors are `ConfigError`s (ValueErrors) naming `where`."""
+        try:
+            if "step" not in d:  # a state that does not say where it stopped cannot be resumed
+                raise ConfigError("missing key 'step'")
+            return typed_config.from_dict(cls, d)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
 
 
 def checkpoint_dir(run_dir: str | os.PathLike, step: int) -> Path:
@@ -131,11 +138,13 @@ def save_checkpoint(
     optim_state: Mapping[str, Any],
     train_config: Mapping[str, Any],
     keep_last: int,
+    loss_state: Mapping[str, Tensor] | None = None,
 ) -> Path:
     """Write `<run_dir>/checkpoints/step_<state.step>/` atomically; keep the newest `keep_last`.
 
     save_model(dir): writes config.json + model.safetensors (normally `model.save`).
-    optim_state: picklable dict saved with `torch.save` (optimiser, schedule, RNG, ...).
+    optim_state: picklable dict saved with `torch.save` (optimiser, RNG, ...).
+    loss_state: the loss module's state dict, written as loss.safetensors (when given).
     Call on one rank only. Returns the checkpoint directory.
     """
     final = checkpoint_dir(run_dir, state.step)
@@ -144,6 +153,11 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{final.name}-"))
     try:
         save_model(tmp)
+        if loss_state is not None:
+            from safetensors.torch import save_file
+
+            tensors = {k: v.detach().cpu().contiguous() for k, v in loss_state.items()}
+            save_file(tensors, str(tmp / LOSS_FILE), metadata={"format": "pt"})
         torch.save(dict(optim_state), tmp / OPTIM_FILE)
         write_json_atomic(dict(train_config), tmp / CONFIG_FILE, sort_keys=True)
         # last: marks the directory complete
@@ -183,19 +197,47 @@ def prune_checkpoints(run_dir: str | os.PathLike, keep_last: int) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[TrainerState, dict[str, Any], Path]:
-    """Read a checkpoint directory -> (trainer state, optim_state dict, model directory).
+@dataclass(frozen=True)
+class Checkpoint:
+    """A training checkpoint read back. `path` is also a model directory (`clippo.load(path)`).
 
-    The model weights are read by the caller (`clippo.load(path)` or a state-dict load).
+    optim: "optimizer" (its state dict) and "rng"; loss: the loss module's state dict.
     """
+
+    path: Path
+    state: TrainerState
+    optim: dict[str, Any]
+    loss: dict[str, Tensor]
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a checkpoint directory (the model weights are left to the caller)."""
     path = Path(path)
     state_file = path / STATE_FILE
     if not state_file.is_file():
         raise FileNotFoundError(f"{path}: not a complete training checkpoint (no {STATE_FILE})")
     with open(state_file, encoding="utf-8") as f:
         state = TrainerState.from_dict(json.load(f), where=str(state_file))
-    optim_state = torch.load(path / OPTIM_FILE, map_location="cpu", weights_only=False)
-    return state, optim_state, path
+    optim = torch.load(path / OPTIM_FILE, map_location="cpu", weights_only=False)
+    if (path / LOSS_FILE).is_file():
+        from safetensors.torch import load_file
+
+        loss = load_file(str(path / LOSS_FILE), device="cpu")
+    else:  # written before LOSS_FILE: the bias (if any) sits in optimizer.pt
+        bias = optim.pop(_OLD_BIAS, None)
+        loss = {} if bias is None else {"logit_bias": bias}  # ContrastiveLoss's name for it
+        optim["optimizer"] = _renamed_param(optim["optimizer"], _OLD_BIAS, _BIAS)
+    return Checkpoint(path, state, optim, loss)
+
+
+def _renamed_param(osd: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    """An optimiser state dict with parameter `old` called `new`. Only the full state dicts that
+    FSDP saves name parameters; a plain `optimizer.state_dict()` numbers them (left as it is)."""
+    state = {new if k == old else k: v for k, v in osd["state"].items()}
+    groups = [
+        {**g, "params": [new if p == old else p for p in g["params"]]} for g in osd["param_groups"]
+    ]
+    return {**osd, "state": state, "param_groups": groups}
 
 
 def resolve_resume(resume: str, run_dir: str | os.PathLike) -> Path | None:
@@ -214,24 +256,17 @@ def resolve_resume(resume: str, run_dir: str | os.PathLike) -> Path | None:
 
 
 def gather_full_state(
-    module: nn.Module, optimizer: torch.optim.Optimizer, model_config: Any
-) -> tuple[Any, dict[str, Any]]:
-    """Under FSDP: (a CPU CLIPPO holding the full weights, the full optimiser state dict).
+    module: nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Under FSDP: (the module's full state dict, the full optimiser state dict), on the CPU.
 
-    Collective: every rank must call it. `module` wraps the model as `module.model`.
+    Collective: every rank must call it; with the CPU offload only rank 0 receives the tensors.
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-    from clippo.model.one_tower import CLIPPO
-
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     msd, osd = get_state_dict(module, optimizer, options=opts)
-    with torch.device("meta"):
-        model = CLIPPO(model_config)
-    sd = {k[len("model.") :]: v for k, v in msd.items() if k.startswith("model.")}
-    if sd:  # only rank 0 receives the gathered tensors with cpu_offload
-        model.load_state_dict(sd, assign=True)
-    return model, osd
+    return msd, osd
 
 
 def load_optimizer_state(

@@ -1,39 +1,86 @@
-"""The training step module: model and contrastive loss in one `nn.Module`."""
+"""The training step: a model and its contrastive loss as one `nn.Module`, asked for one of three
+things per call.
+
+    step = ContrastiveStep(model, ContrastiveLoss("sigmoid", learn_bias=True))
+    loss = step(left, right, Loss())                                # [] for this batch
+    zl, zr = step(left, right, Embed())                             # [b,D] each, float32
+    loss = step(left, right, CachedLoss(zls, zrs, i, owns_shared))  # [] over the cached batch
+
+Everything goes through `forward` (DDP's gradient hooks only fire on calls through the wrapper),
+so the mode is the request's type rather than a flag.
+
+The model is any `nn.Module` with the pair contract `model(images=left, texts=right)` ->
+{"zimg": [b,D], "ztxt": [b,D], "logit_scale": [], ...}. The sides are passed to it unchanged:
+pixels [b,3,H,W] for CLIPPO's one tower, token ids [b,L] for a tower that takes tokens.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from clippo.model.one_tower import CLIPPO
 from clippo.train.loss import ContrastiveLoss
+
+__all__ = ["CachedLoss", "ContrastiveStep", "Embed", "Loss", "Request"]
+
+
+@dataclass(frozen=True)
+class Embed:
+    """Embeddings only -> (zleft, zright), float32 [b,D] each (accumulation's no-grad pass)."""
+
+
+@dataclass(frozen=True)
+class Loss:
+    """The loss of this batch on its own -> []."""
+
+
+@dataclass(frozen=True)
+class CachedLoss:
+    """The loss over a whole accumulated batch, with gradients through one micro-batch -> [].
+
+    left, right: every micro-batch's embeddings [b,D] from `Embed` calls; this micro-batch's
+    fresh ones replace entry `index`. owns_shared: this call passes gradients to the parameters
+    every micro-batch shares (the logit scale, the loss's bias). Exactly one micro-batch of a
+    step must own them: each evaluates the whole loss, so they would be counted n times.
+    """
+
+    left: Sequence[Tensor]
+    right: Sequence[Tensor]
+    index: int
+    owns_shared: bool
+
+
+Request = Embed | Loss | CachedLoss
 
 
 class ContrastiveStep(nn.Module):
-    """Model + loss in one module so DDP/FSDP cover every trainable parameter (and the sigmoid
-    loss's learned bias). `forward(left, right)` -> loss; with `cache` (gradient accumulation),
-    this micro-batch's fresh embeddings replace entry `index` of the cached ones first, and
-    only the micro-step with `grad_scale=True` passes gradients to t and the bias (each
-    micro-step computes the whole loss, so they would otherwise be counted n times)."""
+    """Model + loss in one module, so DDP/FSDP cover every trainable parameter, the loss's own
+    (the sigmoid bias) included. See the module docstring for the model contract."""
 
-    def __init__(self, model: CLIPPO, kind: str, local_loss: bool) -> None:
+    def __init__(self, model: nn.Module, loss: ContrastiveLoss) -> None:
         super().__init__()
         self.model = model
-        self.loss = ContrastiveLoss(kind, gather=True, local_loss=local_loss)
-        self.logit_bias = nn.Parameter(torch.full((1,), -10.0)) if kind == "sigmoid" else None
+        self.loss = loss
 
-    def forward(self, left: Tensor, right: Tensor, cache=None, index: int = 0,
-                grad_scale: bool = True, embed_only: bool = False):  # fmt: skip
+    def forward(
+        self, left: Tensor, right: Tensor, request: Request
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """left, right: one side each of b pairs, as the model takes them; see the requests."""
         out = self.model(images=left, texts=right)
         zl, zr = out["zimg"].float(), out["ztxt"].float()  # the loss runs in float32
-        if embed_only:
-            return zl, zr
-        scale, bias = out["logit_scale"].float(), self.logit_bias
-        if cache is not None:
-            zls, zrs = list(cache[0]), list(cache[1])
-            zls[index], zrs[index] = zl, zr
-            zl, zr = torch.cat(zls), torch.cat(zrs)
-            if not grad_scale:
-                scale = scale.detach()
-                bias = None if bias is None else bias.detach()
-        return self.loss(zl, zr, scale, bias)
+        scale = out["logit_scale"].float()
+        match request:
+            case Embed():
+                return zl, zr
+            case Loss():
+                return self.loss(zl, zr, scale)
+            case CachedLoss(left=zls, right=zrs, index=i, owns_shared=owns):
+                zl = torch.cat([*zls[:i], zl, *zls[i + 1 :]])
+                zr = torch.cat([*zrs[:i], zr, *zrs[i + 1 :]])
+                if owns:
+                    return self.loss(zl, zr, scale)
+                return self.loss(zl, zr, scale.detach(), detach_own=True)
+        raise TypeError(f"unknown step request {request!r}")

@@ -216,7 +216,7 @@ def test_config_and_state_validation():
         BatchMixer(MixerConfig(4, 0.5), (), [(Numbers(4, text=True), 1)])
     with pytest.raises(ValueError):
         MixerConfig(4, 1.5)
-    with pytest.raises(ValueError, match="unknown MixerConfig keys"):
+    with pytest.raises(ValueError, match="unknown key 'bacth' in MixerConfig"):
         MixerConfig.from_dict({"batch_size": 4, "bacth": 1})
     assert MixerConfig.from_dict(MixerConfig(4, 0.25, 7).to_dict()) == MixerConfig(4, 0.25, 7)
     with pytest.raises(ValueError, match="weights"):

@@ -49,8 +49,13 @@ def describes(text: str, scene: Scene) -> bool:
     words = set(re.findall(r"[a-z]+", text))
     shape = scene.shape if scene.count == 1 else S.PLURALS[scene.shape]
     count = {1: {"a", "an", "one"}, 2: {"two"}, 3: {"three"}}[scene.count]
-    place = {"left": {"left"}, "right": {"right"}, "top": {"top"}, "bottom": {"bottom"},
-             "centre": {"centre", "middle"}}[scene.position]  # fmt: skip
+    place = {
+        "left": {"left"},
+        "right": {"right"},
+        "top": {"top"},
+        "bottom": {"bottom"},
+        "centre": {"centre", "middle"},
+    }[scene.position]
     others = {*S.COLOURS, *S.SHAPES, *S.PLURALS.values(), *S.SIZES} - {
         scene.colour,
         shape,
@@ -70,7 +75,7 @@ def describes(text: str, scene: Scene) -> bool:
 def test_config_round_trip_and_errors():
     cfg = SyntheticConfig(image_size=96, counts=(1,), heldout_pairs=10, seed=5)
     assert SyntheticConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(ValueError, match="unknown SyntheticConfig keys \\['colors'\\]"):
+    with pytest.raises(ValueError, match="unknown key 'colors' in SyntheticConfig"):
         SyntheticConfig.from_dict({"colors": ["red"]})
     with pytest.raises(ValueError, match="unknown shapes"):
         SyntheticConfig(shapes=("circle", "blob"))
@@ -155,8 +160,13 @@ def test_images_show_the_captioned_scene():
         assert len(parts) == scene.count, (i, scene)
         assert not (fg[0].any() or fg[-1].any() or fg[:, 0].any() or fg[:, -1].any())
         cy, cx = np.concatenate(parts).mean(0) / 96
-        expect = {"left": (cx < 0.4), "right": (cx > 0.6), "top": (cy < 0.4),
-                  "bottom": (cy > 0.6), "centre": abs(cx - 0.5) < 0.1 and abs(cy - 0.5) < 0.1}  # fmt: skip
+        expect = {
+            "left": (cx < 0.4),
+            "right": (cx > 0.6),
+            "top": (cy < 0.4),
+            "bottom": (cy > 0.6),
+            "centre": abs(cx - 0.5) < 0.1 and abs(cy - 0.5) < 0.1,
+        }
         assert expect[scene.position], (i, scene, cx, cy)
         core = img[fg].astype(int)  # shape pixels are near the named colour (jitter +-12)
         assert np.abs(np.median(core, 0) - S.COLOURS[scene.colour]).max() < 20, (i, scene)
@@ -242,8 +252,8 @@ def renderer(size: int):
 
 
 def wrap_reference_fits(widths: list[int], size: int) -> bool:
-    """DESIGN.md's wrap rule, as a naive reference: line_i = floor(f32(cumsum_i) / f32(size -
-    max width)); the text fits when its last character is on a kept line (< size/16)."""
+    """The renderer's (big_vision's) per-character wrap rule, as a naive reference:
+    line_i = floor(f32(cumsum_i) / f32(size - max width)); the text fits when its last character is on a kept line (< size/16)."""
     if not widths:
         return True
     line = np.floor(np.float32(np.sum(widths)) / np.float32(size - max(widths)))

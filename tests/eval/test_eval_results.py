@@ -1,4 +1,4 @@
-"""Result files: atomic JSON, the text table, the retrieval-examples PNG."""
+"""Result files: JSON-ready values written atomically, the text table, the examples PNG."""
 
 from __future__ import annotations
 
@@ -9,18 +9,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clippo.eval.results import format_table, save_retrieval_examples, write_json
+from clippo.atomic import write_json_atomic
+from clippo.eval.results import format_table, jsonable, save_retrieval_examples
 
 
 def test_write_json_converts_and_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "sub" / "results.json"
-    write_json(
-        path, {"acc": np.float32(0.5), "n": np.int64(3), "per": np.array([1.0, np.nan]), "x": None}
-    )
+    results = {"acc": np.float32(0.5), "n": np.int64(3), "per": np.array([1.0, np.nan]), "x": None}
+    write_json_atomic(jsonable(results), path)
     assert json.loads(path.read_text()) == {"acc": 0.5, "n": 3, "per": [1.0, None], "x": None}
     # a failing write (unserialisable object) leaves the previous file intact and no temp files
     with pytest.raises(TypeError):
-        write_json(path, {"bad": object()})
+        write_json_atomic(jsonable({"bad": object()}), path)
     assert json.loads(path.read_text())["n"] == 3
 
     # a crash during the write (after the temp file exists) also keeps the old file
@@ -29,7 +29,7 @@ def test_write_json_converts_and_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
-        write_json(path, {"n": 4})
+        write_json_atomic(jsonable({"n": 4}), path)
     assert json.loads(path.read_text())["n"] == 3
     assert sorted(p.name for p in path.parent.iterdir()) == ["results.json"]
 

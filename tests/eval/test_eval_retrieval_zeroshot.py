@@ -7,7 +7,8 @@ import pytest
 
 from clippo.eval.encoders import as_encoders, embed
 from clippo.eval.retrieval import evaluate_retrieval, retrieval_metrics, similarity
-from clippo.eval.zeroshot import class_embeddings, evaluate_zeroshot
+from clippo.eval.zeroshot import evaluate_zeroshot
+from clippo.model.one_tower import prompt_ensemble
 
 
 def angle_vec(deg: np.ndarray, scale: np.ndarray | float = 1.0) -> np.ndarray:
@@ -97,7 +98,7 @@ def prompt_encoder(texts: list[str]) -> np.ndarray:
 
 
 def test_class_embeddings_normalise_before_averaging():
-    z = class_embeddings(prompt_encoder, ["a", "b"], ["x {}", "y {}"], batch_size=3)
+    z = prompt_ensemble(prompt_encoder, ["a", "b"], ["x {}", "y {}"], batch_size=3).numpy()
     np.testing.assert_allclose(z, [[2**-0.5, 2**-0.5], [1.0, 0.0]], atol=1e-6)
 
 
@@ -155,7 +156,7 @@ def test_tiny_clippo_model_through_the_suites():
     assert model.training  # restored after evaluation
     assert set(out) >= {"img2txt/r@1", "txt2img/r@10"} and out["img2txt/r@10"] == 1.0
     names, templates = ["cat", "dog", "bird"], ["a photo of a {}", "{}"]
-    ours = class_embeddings(enc_txt, names, templates)
+    ours = prompt_ensemble(enc_txt, names, templates).numpy()
     np.testing.assert_allclose(ours, model.class_embeddings(names, templates).numpy(), atol=1e-5)
     res = evaluate_zeroshot(
         model, images, np.array([0, 1, 2, 0, 1]), names, templates, batch_size=2

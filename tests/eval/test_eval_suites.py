@@ -165,7 +165,7 @@ def test_zeroshot_suite_cifar_resizes_in_memory(tmp_path):
 
 
 def test_registry_and_kind_checks(model, pairs):
-    assert SUITES.names() == ["retrieval", "zeroshot"]
+    assert list(SUITES) == ["retrieval", "zeroshot"]
     assert SUITES.get("retrieval") is retrieval_suite
     with pytest.raises(TypeError, match="labelled images"):
         zeroshot_suite(model, EvalSpec("zeroshot", "x"), data=read_pairs(pairs))

@@ -313,6 +313,7 @@ def test_resume_refuses_other_settings(tmp_path):
         run(p, tmp_path / "out", rows_per_shard=5)
 
 
+@pytest.mark.slow  # worker processes
 def test_two_workers_byte_identical_to_one(tmp_path):
     texts = [f"Sentence {i}: " + "word " * (i % 17) for i in range(40)]
     p = write_text(tmp_path / "c.txt", texts)

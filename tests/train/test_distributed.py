@@ -139,6 +139,7 @@ def _reference(kind: str) -> tuple[float, dict[str, torch.Tensor]]:
     return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
+@pytest.mark.slow  # the module fixture runs torchrun with two ranks
 def test_all_gather_with_grad(worker_results):
     b = 2
     for rank, res in enumerate(worker_results):
@@ -150,6 +151,7 @@ def test_all_gather_with_grad(worker_results):
         torch.testing.assert_close(res["gather/grad"], WORLD * rows)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,kind", [(m[0], m[1]) for m in MODES if m[2]])
 def test_two_ranks_match_single_process(worker_results, name, kind):
     ref_loss, ref_grads = _reference(kind)
@@ -168,6 +170,7 @@ def test_two_ranks_match_single_process(worker_results, name, kind):
             )
 
 
+@pytest.mark.slow
 def test_without_gather_gradients_differ(worker_results):
     """Sanity: local negatives only give a different gradient, so the tests above can fail."""
     _, ref_grads = _reference("softmax")

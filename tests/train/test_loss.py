@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from clippo.train.loss import (
+    SIGLIP_BIAS_INIT,
     ContrastiveLoss,
     sigmoid_contrastive_loss,
     sigmoid_contrastive_loss_local,
@@ -158,6 +159,18 @@ def test_module_owned_bias_is_learned():
     loss_fn(zimg, ztxt, 10.0).backward()
     # d/db of sum_ij log(1+exp(-y*(s+b)))/B at b=-10: dominated by the 3 positives pulling b up.
     assert loss_fn.logit_bias.grad is not None and loss_fn.logit_bias.grad.item() < 0
+
+
+def test_module_owned_bias_can_be_used_without_its_gradient():
+    """Gradient accumulation evaluates the whole loss once per micro-batch; only one of those
+    calls may pass the bias its gradient."""
+    loss_fn = ContrastiveLoss("sigmoid", learn_bias=True)
+    assert loss_fn.logit_bias.item() == SIGLIP_BIAS_INIT
+    zimg, ztxt = _unit(3, 2, 8).float().requires_grad_(), _unit(3, 2, 9).float()
+    frozen = loss_fn(zimg, ztxt, 10.0, detach_own=True)
+    frozen.backward()
+    assert zimg.grad is not None and loss_fn.logit_bias.grad is None
+    assert frozen.item() == loss_fn(zimg, ztxt, 10.0).item()
 
 
 def test_module_bad_arguments():

@@ -257,7 +257,7 @@ def test_weight_decay_is_decoupled_and_not_scaled_by_peak_lr(name):
     w0, b0 = model.weight.detach().clone(), model.bias.detach().clone()
     opt = build_optimizer(model, OptimConfig(name=name, lr=1e-3, wd=1e-4))
     groups = {g["name"]: g for g in opt.param_groups}
-    assert groups["decay"]["weight_decay"] == pytest.approx(0.1)  # 1e-4 / 1e-3, as issue 4 says
+    assert groups["decay"]["weight_decay"] == pytest.approx(0.1)  # wd / peak lr = 1e-4 / 1e-3
     assert groups["no_decay"]["weight_decay"] == 0.0
     for p in model.parameters():
         p.grad = torch.zeros_like(p)

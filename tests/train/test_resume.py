@@ -5,24 +5,38 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from clippo.train import Trainer, train
+from clippo.train.config import (
+    CheckpointConfig,
+    ConfigError,
+    LoggingConfig,
+    LoopConfig,
+    TrainConfig,
+)
 from clippo.train.log import MetricsLogger, read_metrics
+from clippo.train.loss import SIGLIP_BIAS_INIT
 from clippo.train.state import (
+    LOSS_FILE,
     STATE_FILE,
     TrainerState,
     checkpoint_dir,
     latest_checkpoint,
     list_checkpoints,
+    load_checkpoint,
     prune_checkpoints,
     resolve_resume,
     save_checkpoint,
@@ -249,8 +263,14 @@ def test_failed_save_leaves_previous_checkpoints_intact(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(tmp_path, TrainerState(step=2), save_model=broken, optim_state={},
-                        train_config={}, keep_last=1)  # fmt: skip
+        save_checkpoint(
+            tmp_path,
+            TrainerState(step=2),
+            save_model=broken,
+            optim_state={},
+            train_config={},
+            keep_last=1,
+        )
     assert [s for s, _ in list_checkpoints(tmp_path)] == [1]
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
 
@@ -270,44 +290,116 @@ def test_metrics_log_drops_records_after_the_resume_step(tmp_path):
     assert read_metrics(tmp_path / "metrics.jsonl") == [{"step": 1, "loss": "nan"}]
 
 
+def trainer_tests() -> ModuleType:
+    """The sibling test module, for its tiny config and data (pytest runs this suite with
+    --import-mode=importlib, which puts no test folder on sys.path)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import test_trainer
+
+    return test_trainer
+
+
+def _pairs() -> Any:
+    tt = trainer_tests()
+    return tt.factory(tt.random_pairs)
+
+
+def _sigmoid_run(tmp_path: Path) -> tuple[TrainConfig, Path]:
+    """A 4-step sigmoid-loss run checkpointed at steps 2 and 4 -> (its config, step 2's dir)."""
+    loop = LoopConfig(steps=4, batch_size=8, precision="fp32", device="cpu", loss="sigmoid")
+    full = trainer_tests().tiny_config(tmp_path / "full", loop=loop)
+    full = full.replace(checkpoint=CheckpointConfig(every_steps=2))
+    train(full, data=_pairs())
+    return full, checkpoint_dir(tmp_path / "full", 2)
+
+
+def _resume_into(cfg: TrainConfig, checkpoint: Path, run_dir: Path) -> TrainConfig:
+    return cfg.replace(
+        checkpoint=CheckpointConfig(every_steps=2, resume=str(checkpoint)),
+        logging=LoggingConfig(run_dir=str(run_dir), progress=False),
+    )
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    """The model and loss files of two checkpoints hold bitwise equal tensors."""
+    for name in ("model.safetensors", LOSS_FILE):
+        got, want = load_file(str(a / name)), load_file(str(b / name))
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
 def test_in_process_resume_with_sigmoid_loss_restores_the_bias(tmp_path):
     """Resume from an explicit checkpoint path (into a new run directory): the sigmoid loss's
     learned bias and the AdamW state come back, so the last steps repeat exactly."""
-    from clippo.train import train
-    from clippo.train.config import CheckpointConfig, LoggingConfig, LoopConfig
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_trainer import factory, random_pairs, tiny_config
-
-    loop = LoopConfig(steps=4, batch_size=8, precision="fp32", device="cpu", loss="sigmoid")
-    full = tiny_config(tmp_path / "full", loop=loop)
-    full = full.replace(checkpoint=CheckpointConfig(every_steps=2))
-    train(full, data=factory(random_pairs))
-    middle = checkpoint_dir(tmp_path / "full", 2)
-    again = full.replace(
-        checkpoint=CheckpointConfig(every_steps=2, resume=str(middle)),
-        logging=LoggingConfig(run_dir=str(tmp_path / "again"), progress=False),
-    )
-    result = train(again, data=factory(random_pairs))
+    full, middle = _sigmoid_run(tmp_path)
+    result = train(_resume_into(full, middle, tmp_path / "again"), data=_pairs())
     assert result.step == 4
-    a = torch.load(checkpoint_dir(tmp_path / "full", 4) / "optimizer.pt", weights_only=False)
-    b = torch.load(checkpoint_dir(tmp_path / "again", 4) / "optimizer.pt", weights_only=False)
-    first = torch.load(middle / "optimizer.pt", weights_only=False)
+    a = load_file(str(checkpoint_dir(tmp_path / "full", 4) / LOSS_FILE))
+    b = load_file(str(checkpoint_dir(tmp_path / "again", 4) / LOSS_FILE))
+    first = load_file(str(middle / LOSS_FILE))
     assert not torch.equal(a["logit_bias"], first["logit_bias"])  # the bias is trained
     assert torch.equal(a["logit_bias"], b["logit_bias"])
-    got = load_file(str(checkpoint_dir(tmp_path / "again", 4) / "model.safetensors"))
-    want = load_file(str(checkpoint_dir(tmp_path / "full", 4) / "model.safetensors"))
-    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert_same_weights(checkpoint_dir(tmp_path / "again", 4), checkpoint_dir(tmp_path / "full", 4))
+
+
+def test_the_bias_is_saved_beside_the_model_and_restored_from_there(tmp_path):
+    full, middle = _sigmoid_run(tmp_path)
+    saved = load_file(str(middle / LOSS_FILE))
+    assert list(saved) == ["logit_bias"] and saved["logit_bias"].item() != SIGLIP_BIAS_INIT
+    assert "logit_bias" not in torch.load(middle / "optimizer.pt", weights_only=False)
+    # the bias is the loss module's only; the optimiser has it in its own group, without decay
+    trainer = Trainer(_resume_into(full, middle, tmp_path / "again"), _pairs(), [], None)
+    own = [n for n, _ in trainer.core.named_parameters() if not n.startswith("model.")]
+    assert own == ["loss.logit_bias"]
+    assert torch.equal(trainer.core.loss.logit_bias.detach(), saved["logit_bias"])
+    group = trainer.optimizer.param_groups[-1]
+    assert group["name"] == "loss_bias" and group["weight_decay"] == 0.0
+    assert group["params"] == [trainer.core.loss.logit_bias]
+
+
+def test_a_checkpoint_with_the_bias_in_optimizer_pt_still_resumes(tmp_path):
+    """Checkpoints written before loss.safetensors kept the bias in optimizer.pt as
+    "logit_bias": rewritten into that form, the middle checkpoint resumes to the same end."""
+    full, middle = _sigmoid_run(tmp_path)
+    old = tmp_path / "old" / "checkpoints" / middle.name
+    shutil.copytree(middle, old)
+    optim = torch.load(old / "optimizer.pt", weights_only=False)
+    optim["logit_bias"] = load_file(str(old / LOSS_FILE))["logit_bias"]
+    torch.save(optim, old / "optimizer.pt")
+    (old / LOSS_FILE).unlink()
+
+    restored = load_checkpoint(old)
+    assert torch.equal(restored.loss["logit_bias"], optim["logit_bias"])
+    assert "logit_bias" not in restored.optim
+    train(_resume_into(full, old, tmp_path / "again"), data=_pairs())
+    assert_same_weights(checkpoint_dir(tmp_path / "again", 4), checkpoint_dir(tmp_path / "full", 4))
+
+
+def test_an_old_sharded_optimizer_state_names_the_bias_as_the_loss_does(tmp_path):
+    """FSDP saves optimiser states keyed by parameter name; the bias was the step's own
+    "logit_bias" and is now the loss module's "loss.logit_bias"."""
+    ckpt = fake_save(tmp_path, 1)
+    osd = {
+        "state": {"model.t": {"step": 1}, "logit_bias": {"step": 1}},
+        "param_groups": [
+            {"name": "no_decay", "params": ["model.t"]},
+            {"name": "loss_bias", "params": ["logit_bias"]},
+        ],
+    }
+    torch.save(
+        {"optimizer": osd, "rng": {}, "logit_bias": torch.tensor([-7.0])}, ckpt / "optimizer.pt"
+    )
+    restored = load_checkpoint(ckpt)
+    assert list(restored.loss) == ["logit_bias"]
+    assert torch.equal(restored.loss["logit_bias"], torch.tensor([-7.0]))
+    assert list(restored.optim["optimizer"]["state"]) == ["model.t", "loss.logit_bias"]
+    assert [g["params"] for g in restored.optim["optimizer"]["param_groups"]] == [
+        ["model.t"],
+        ["loss.logit_bias"],
+    ]
 
 
 def test_fresh_run_refuses_a_run_dir_with_checkpoints(tmp_path):
-    from clippo.train import train
-    from clippo.train.config import ConfigError
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_trainer import factory, random_pairs, tiny_config
-
     fake_save(tmp_path, 100)  # an earlier, longer run
     with pytest.raises(ConfigError, match="--resume auto"):
-        train(tiny_config(tmp_path), data=factory(random_pairs))
+        train(trainer_tests().tiny_config(tmp_path), data=_pairs())
     assert [s for s, _ in list_checkpoints(tmp_path)] == [100]

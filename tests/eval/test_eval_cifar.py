@@ -1,4 +1,4 @@
-"""CIFAR-100 binary reader, zero-shot accuracy, and the opt-in colab regression check."""
+"""CIFAR-100 binary reader, the zero-shot suite on it, and the opt-in colab regression check."""
 
 from __future__ import annotations
 
@@ -10,9 +10,13 @@ import pytest
 import torch
 
 import clippo
-from clippo.cifar100 import read_cifar100_bin, read_label_names, zero_shot_accuracy
+from clippo.eval.datasets import read_cifar100, read_cifar100_bin, read_class_names
+from clippo.eval.spec import EvalSpec
+from clippo.eval.suites import run_suite
 from clippo.preprocess import preprocess
 from clippo.prompts import CLIP_BEST_TEMPLATES
+
+FIXTURE_NPZ = Path(__file__).resolve().parents[1] / "fixtures" / "clippo_tiny_public.npz"
 
 
 def write_fake_bin(path: Path, n: int, seed: int = 0):
@@ -36,17 +40,21 @@ def test_reader_layout(tmp_path):
     with pytest.raises(ValueError, match="short.bin"):
         read_cifar100_bin(tmp_path / "short.bin")
     (tmp_path / "names.txt").write_text("apple\naquarium_fish\n\nbaby\n")
-    assert read_label_names(tmp_path / "names.txt") == ["apple", "aquarium_fish", "baby"]
+    assert read_class_names(tmp_path / "names.txt") == ["apple", "aquarium_fish", "baby"]
 
 
-def test_zero_shot_accuracy_matches_naive(tmp_path, fixture_model):
+def test_zeroshot_suite_on_cifar_matches_naive(tmp_path):
     write_fake_bin(tmp_path / "test.bin", 6, seed=1)
     images, _, fine = read_cifar100_bin(tmp_path / "test.bin")
     names = ["apple", "aquarium_fish", "baby"]
-    acc = zero_shot_accuracy(fixture_model, images, fine, names, batch_size=4, progress=False)
+    (tmp_path / "fine_label_names.txt").write_text("\n".join(names) + "\n")
+    model = clippo.load(FIXTURE_NPZ)
+    # the colab's protocol: 8 uncanonicalised prompts, TFDS names, resize to the model's size
+    spec = EvalSpec("zeroshot", str(tmp_path), templates="clip_best", batch_size=4)
+    acc = run_suite(model, spec)["accuracy"]
     with torch.no_grad():
-        classes = fixture_model.class_embeddings(names, CLIP_BEST_TEMPLATES)
-        pred = (fixture_model.encode(preprocess(list(images), 64)) @ classes.T).argmax(1).numpy()
+        classes = model.class_embeddings(names, CLIP_BEST_TEMPLATES)
+        pred = (model.encode(preprocess(list(images), 64)) @ classes.T).argmax(1).numpy()
     assert acc == pytest.approx((pred == fine).mean())
 
 
@@ -61,13 +69,13 @@ CIFAR = os.environ.get("CLIPPO_CIFAR100_DIR", "")
 )
 def test_colab_cifar100_zero_shot_regression():
     """The CLIPPO colab's check: clippo_b16_yfcc100m.npz scores 0.4535 zero-shot on CIFAR-100
-    with 8 uncanonicalised prompts, TFDS class names and resize(224) (REFERENCE.md 4.2)."""
+    with the 8 `clip_best` prompts uncanonicalised, TFDS class names and resize(224)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     model = clippo.load(CKPT)
-    images, _, fine = read_cifar100_bin(os.path.join(CIFAR, "test.bin"))
-    names = read_label_names(os.path.join(CIFAR, "fine_label_names.txt"))
-    assert len(names) == 100 and len(images) == 10_000
-    acc = zero_shot_accuracy(model, images, fine, names, CLIP_BEST_TEMPLATES, device=device)
+    data = read_cifar100(CIFAR)
+    assert len(data.class_names) == 100 and len(data) == 10_000
+    spec = EvalSpec("zeroshot", CIFAR, templates="clip_best", canonicalize=False, batch_size=128)
+    acc = run_suite(model, spec, data=data, device=device, progress=True)["accuracy"]
     assert abs(acc - 0.4535) <= 0.01, acc
