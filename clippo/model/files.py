@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from clippo.atomic import atomic_path, write_json_atomic
+from clippo.atomic import write_bytes_atomic, write_json_atomic
 
 FORMAT = "clippo-model"
 FORMAT_VERSION = 1
@@ -24,13 +24,14 @@ def save_model(
 ) -> Path:
     """Write `config` (a `ModelConfig.to_dict()`) and the weights `state` into `directory`,
     each file atomically. Returns the directory."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    with atomic_path(directory / WEIGHTS_FILE) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    # serialised in memory, then written by the atomic writer: safetensors' save_file replaces
+    # the file it is given, which would drop the writer's 0644 mode for its own 0600
+    write_bytes_atomic(directory / WEIGHTS_FILE, save(tensors, metadata={"format": "pt"}))
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": config}
     write_json_atomic(meta, directory / CONFIG_FILE)
     return directory

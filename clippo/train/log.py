@@ -10,7 +10,7 @@ import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from clippo.atomic import atomic_path, write_text_atomic
 
@@ -63,7 +63,7 @@ class MetricsLogger:
             else:
                 kept = []  # a fresh run owns the file
             write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        self._file = _open_append_no_follow(self.path)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -171,3 +171,17 @@ def plot_loss_curve(run_dir: str | os.PathLike, out_png: str | os.PathLike | Non
     run_dir = Path(run_dir)
     out = Path(out_png) if out_png is not None else run_dir / "loss.png"
     return plot_curves(read_metrics(run_dir / METRICS_FILE), out)
+
+
+def _open_append_no_follow(path: Path) -> TextIO:
+    """Open `path` for appending without following a symlink planted there (which could send the
+    log to a file outside the run folder): O_NOFOLLOW makes that an error naming the path."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        if path.is_symlink():
+            raise OSError(
+                f"{path}: is a symbolic link; refusing to write metrics through it"
+            ) from e
+        raise
+    return os.fdopen(fd, "a", encoding="utf-8")

@@ -151,6 +151,7 @@ def save_checkpoint(
     root = final.parent
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{final.name}-"))
+    os.chmod(tmp, 0o755)  # mkdtemp makes 0700; checkpoints are meant to be shared like the files
     try:
         save_model(tmp)
         if loss_state is not None:

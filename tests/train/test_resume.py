@@ -403,3 +403,35 @@ def test_fresh_run_refuses_a_run_dir_with_checkpoints(tmp_path):
     with pytest.raises(ConfigError, match="--resume auto"):
         train(trainer_tests().tiny_config(tmp_path), data=_pairs())
     assert [s for s, _ in list_checkpoints(tmp_path)] == [100]
+
+
+def test_checkpoints_are_shared_readable_like_every_written_file(tmp_path):
+    from clippo.model import CLIPPO
+
+    model = CLIPPO.from_variant("tiny-test", image_size=32)
+    path = save_checkpoint(
+        tmp_path,
+        TrainerState(step=1),
+        save_model=model.save,
+        optim_state={},
+        train_config={},
+        keep_last=1,
+    )
+    assert path.stat().st_mode & 0o777 == 0o755  # not mkdtemp's 0700
+    for name in ("model.safetensors", "config.json", STATE_FILE):  # not 0600
+        assert (path / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_metrics_are_not_written_through_a_planted_symlink(tmp_path):
+    outside = tmp_path / "outside.txt"
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").symlink_to(outside)  # dangling: would create a file outside the run
+    with pytest.raises(OSError, match="symbolic link"):
+        MetricsLogger(run, tensorboard=False)
+    assert not outside.exists()
+    outside.write_text("keep\n")  # a link to an existing file: replaced, the file untouched
+    with MetricsLogger(run, tensorboard=False, resume_step=0) as log:
+        log.log(1, {"loss": 1.0})
+    assert outside.read_text() == "keep\n"
+    assert not (run / "metrics.jsonl").is_symlink()
