@@ -247,6 +247,11 @@ class CLIPPO(nn.Module):
         """Same tower as `encode`, named for readability."""
         return self._tower(pixels, "img", None)
 
+    def pooled(self, pixels: Tensor) -> Tensor:
+        """Float pixels [B,3,H,W] in [-1,1] -> the pooled representation [B, width]: the MAP
+        head's output before the projection `head`, where GLUE and VQA heads sit."""
+        return self.vit.forward_head(self.vit.forward_features(pixels), pre_logits=True)
+
     @property
     def renderer(self) -> UnifontRenderer:
         """The Unifont renderer with this model's settings (`config.render`)."""
