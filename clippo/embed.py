@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from clippo.atomic import atomic_path, write_text_atomic
 from clippo.data.images import list_images, load_image
+from clippo.errors import read_utf8
 from clippo.model.one_tower import CLIPPO
 from clippo.preprocess import images_to_pixels
 
@@ -38,15 +39,16 @@ class Embeddings:
 
 def read_texts(path: str | os.PathLike) -> list[str]:
     """One text per line (UTF-8, line breaks removed; empty lines kept, so rows match lines)."""
-    path = Path(path)
-    texts = []
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                texts.append(raw.decode("utf-8").rstrip("\r\n"))
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid UTF-8 ({e.reason})") from e
-    return texts
+    lines = read_utf8(path).split("\n")  # bad bytes: a DataError naming file and line
+    if lines[-1] == "":  # the final line break ends the last text, it starts none
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
+
+
+def _check_batch_size(batch_size: int) -> None:
+    # a batch size below 1 gives no batches: an empty array would be written beside the ids
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
 def _autocast(device: torch.device, bf16: bool) -> torch.autocast:
@@ -78,6 +80,9 @@ def embed_images(
     progress: bool = True,
 ) -> Embeddings:
     """Encode image files; undecodable ones are skipped and listed in `.skipped`."""
+    _check_batch_size(batch_size)
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     files = [Path(p) for p in paths]
     ids = [str(p) for p in files] if ids is None else list(ids)
     if len(ids) != len(files):
@@ -124,6 +129,7 @@ def embed_texts(
     progress: bool = True,
 ) -> Embeddings:
     """Render each text with the model's renderer and encode it. Ids default to 1-based lines."""
+    _check_batch_size(batch_size)
     ids = [str(i) for i in range(1, len(texts) + 1)] if ids is None else list(ids)
     if len(ids) != len(texts):
         raise ValueError(f"{len(ids)} ids for {len(texts)} texts")

@@ -58,7 +58,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a table, got {value!r}")
         return from_dict(tp, value, key)
     if origin is Literal:
-        if value not in get_args(tp):
+        # by type too: `True == 1` and `1.0 == 1` must not pass for Literal[1]
+        if not any(type(value) is type(a) and value == a for a in get_args(tp)):
             raise ConfigError(f"{key}: expected one of {_type_name(tp)}, got {value!r}")
         return value
     if origin in (typing.Union, types.UnionType):
@@ -98,6 +99,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if isinstance(value, int) and float(value) != value:  # no silent rounding of 2**60 + 1
+            raise ConfigError(f"{key}: {value} is not exactly representable as a float")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -143,7 +146,19 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     except ConfigError:
         raise
     except (TypeError, ValueError) as e:  # the class's own validation (its __post_init__)
-        raise ConfigError(f"{prefix or cls.__name__}: {e}") from None
+        raise ConfigError(_locate(cls, str(e), prefix)) from None
+
+
+def _locate(cls: type, message: str, prefix: str) -> str:
+    """A class's own validation message with the dotted key: one that starts with a field name
+    (`width must be ...`, `ViTConfig.width must be ...`) gets that field's full key
+    (`model.vit.width must be ...`); any other is prefixed with the table's key."""
+    for f in dataclasses.fields(cls):
+        for head in (f"{cls.__name__}.{f.name}", f.name):
+            rest = message[len(head) :]
+            if message.startswith(head) and rest[:1] in (" ", ":", ".", "="):
+                return f"{prefix or cls.__name__}.{f.name}{rest}"
+    return f"{prefix or cls.__name__}: {message}"
 
 
 def deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:

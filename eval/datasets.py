@@ -15,6 +15,7 @@ reason, by whoever decodes them. torch is not imported here.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from clippo.data.images import IMAGE_SUFFIXES, list_images, load_image
+from clippo.errors import read_utf8
 
 __all__ = [
     "CaptionedImages",
@@ -129,26 +131,27 @@ def _pair_rows(
     """(image, caption or list of captions, where) per data row of a CSV/TSV/jsonl file."""
     suffix = path.suffix.lower()
     rows: list[tuple[str, str | list, str]] = []
+    text = read_utf8(path)  # a non-UTF-8 file is an error naming file and line
     if suffix in (".jsonl", ".json"):
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{where}: not JSON ({e.msg})") from None
-                if not isinstance(obj, dict):
-                    raise ValueError(f"{where}: expected a JSON object per line")
-                for key in (image_column, caption_column):
-                    if key not in obj:
-                        raise ValueError(f"{where}: no key {key!r} (keys: {sorted(obj)})")
-                rows.append((obj[image_column], obj[caption_column], where))
+        # lines as a text-mode file gives them (not splitlines: JSON may hold a raw U+2028)
+        for lineno, line in enumerate(io.StringIO(text, newline=None), 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{where}: expected a JSON object per line")
+            for key in (image_column, caption_column):
+                if key not in obj:
+                    raise ValueError(f"{where}: no key {key!r} (keys: {sorted(obj)})")
+            rows.append((obj[image_column], obj[caption_column], where))
         return rows
     if suffix not in (".csv", ".tsv"):
         raise ValueError(f"{path}: pairs file must end in .csv, .tsv or .jsonl")
-    with open(path, newline="", encoding="utf-8") as f:
+    with io.StringIO(text, newline="") as f:
         reader = csv.reader(f, delimiter="\t" if suffix == ".tsv" else ",")
         header = next(reader, None)
         if header is None:
@@ -226,7 +229,7 @@ def read_pairs(
 def read_class_names(path: str | os.PathLike, expected: int | None = None) -> list[str]:
     """One class name per non-empty line (UTF-8); `expected`: the number there must be."""
     path = Path(path)
-    names = [s.strip() for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
+    names = [s.strip() for s in read_utf8(path).splitlines() if s.strip()]
     if expected is not None and len(names) != expected:
         raise ValueError(f"{path}: {len(names)} class names, expected {expected}")
     return names
@@ -325,7 +328,7 @@ def read_templates(path: str | os.PathLike) -> list[str]:
     """Prompt templates, one per non-empty line, each with exactly one "{}" for the class."""
     path = Path(path)
     out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(read_utf8(path).splitlines(), 1):
         if not line.strip():
             continue
         if line.count("{}") != 1:

@@ -62,6 +62,11 @@ class EvalSpec:
         )
         if self.format not in allowed:
             raise ValueError(f"format {self.format!r} does not fit kind {self.kind!r} ({allowed})")
+        # built directly (not through from_dict) a bool or float would slip past "< 0"
+        for name in ("max_examples", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
         if self.max_examples < 0:
             raise ValueError(f"max_examples must be >= 0 (0: all), got {self.max_examples}")
         if self.batch_size <= 0:

@@ -5,6 +5,11 @@ either its text (`str`) or a `BadRow` saying why it cannot be rendered; a bad ro
 read. Row numbers are 0-based input positions: the line number for text/jsonl files, the record
 number (header excluded) for csv, the table row for parquet and datasets.
 
+A file that cannot be read as a whole (truncated .gz, corrupt parquet, broken CSV quoting, a
+header that is not UTF-8) raises CorpusError naming the file (and line, where there is one). A CSV
+record that spans lines (a quoted line break, or an unclosed quote swallowing the lines after it)
+gives a CorpusWarning naming the file and the lines.
+
 pyarrow and `datasets` are imported only when a file of that kind is read.
 """
 
@@ -19,6 +24,8 @@ import json
 import os
 import re
 import sys
+import warnings
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +43,26 @@ _SUFFIX_FORMATS = {
 }
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _LINE_FORMATS = ("text", "jsonl")
+_MAX_SPAN_WARNINGS = 5  # multi-line CSV records listed one by one; the rest are counted
+
+
+class CorpusError(ValueError):
+    """A corpus file that cannot be read; the message names the file (and line where known)."""
+
+
+class CorpusWarning(UserWarning):
+    """Something in a corpus that is read but probably not meant (e.g. a CSV record over lines)."""
+
+
+@contextlib.contextmanager
+def _decompressing(path: str) -> Iterator[None]:
+    """Name the file when a .gz stream is cut short or corrupt (gzip raises EOFError, zlib.error
+    or BadGzipFile, none of which says which file)."""
+    try:
+        yield
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        detail = str(e) or type(e).__name__
+        raise CorpusError(f"{path}: truncated or corrupt gzip file ({detail})") from None
 
 
 @dataclass(frozen=True)
@@ -96,14 +123,14 @@ def resolve_format(source: CorpusSource) -> str:
             return "dataset"
         if any(path.glob("*.parquet")):
             return "parquet"
-        raise ValueError(
+        raise CorpusError(
             f"{source.path}: a directory that is neither a saved dataset (datasets.save_to_disk) "
             "nor a folder of .parquet files"
         )
     suffixes = path.suffixes[-2:] if path.suffix == ".gz" else path.suffixes[-1:]
     fmt = _SUFFIX_FORMATS.get(suffixes[0].lower()) if suffixes else None
     if fmt is None or (path.suffix == ".gz" and fmt not in (*_LINE_FORMATS, "csv", "tsv")):
-        raise ValueError(
+        raise CorpusError(
             f"{source.path}: cannot tell the input format from the file name; "
             f"pass input_format (one of {INPUT_FORMATS})"
         )
@@ -239,7 +266,7 @@ class _LineReader(CorpusReader):
     def chunks(
         self, rows_per_chunk: int, wanted: Callable[[int], bool]
     ) -> Iterator[tuple[int, list[Row]]]:
-        with _open_binary(self.path) as f:
+        with _decompressing(self.path), _open_binary(self.path) as f:
             yield from _group(f, rows_per_chunk, wanted, self.parse)
 
 
@@ -258,12 +285,14 @@ class _CsvReader(CorpusReader):
 
     def __init__(self, path: str, column: str, delimiter: str) -> None:
         self.path, self.column, self.delimiter = path, column, delimiter
-        with self._open() as f:
-            header = next(csv.reader(f, delimiter=delimiter), None)
+        with _csv_field_limit(), self._open() as f:
+            header = next(self._records(f, warn=False), None)
         if header is None:
-            raise ValueError(f"{path}: empty file (expected a header row)")
+            raise CorpusError(f"{path}: empty file (expected a header row)")
+        if any(_SURROGATE.search(name) for name in header):
+            raise CorpusError(f"{path}: line 1 (the header) is not UTF-8 text: {header}")
         if column not in header:
-            raise ValueError(f"{path}: no column {column!r}; columns are {header}")
+            raise CorpusError(f"{path}: no column {column!r}; columns are {header}")
         self.index = header.index(column)
 
     def _open(self) -> IO[str]:
@@ -271,6 +300,34 @@ class _CsvReader(CorpusReader):
         return io.TextIOWrapper(
             _open_binary(self.path), encoding="utf-8", errors="surrogateescape", newline=""
         )
+
+    def _records(self, f: IO[str], warn: bool = True) -> Iterator[list[str]]:
+        """The csv records of `f` (the header first), warning about records that span lines."""
+        reader = csv.reader(f, delimiter=self.delimiter)
+        spans, line = 0, 0
+        with _decompressing(self.path):
+            try:
+                for fields in reader:
+                    first, line = line + 1, reader.line_num
+                    if line > first and warn:
+                        spans += 1
+                        if spans <= _MAX_SPAN_WARNINGS:
+                            warnings.warn(
+                                f"{self.path}: lines {first}-{line} are one record (a quoted "
+                                "field spans lines; an unclosed quote swallows the lines after it)",
+                                CorpusWarning,
+                                stacklevel=2,
+                            )
+                    yield fields
+            except csv.Error as e:
+                raise CorpusError(f"{self.path}:{reader.line_num}: {e}") from None
+        if spans > _MAX_SPAN_WARNINGS:
+            warnings.warn(
+                f"{self.path}: {spans} records span lines in all "
+                f"(the first {_MAX_SPAN_WARNINGS} were listed)",
+                CorpusWarning,
+                stacklevel=2,
+            )
 
     def _parse(self, fields: list[str]) -> Row:
         if self.index >= len(fields):
@@ -284,7 +341,7 @@ class _CsvReader(CorpusReader):
         self, rows_per_chunk: int, wanted: Callable[[int], bool]
     ) -> Iterator[tuple[int, list[Row]]]:
         with _csv_field_limit(), self._open() as f:
-            records = csv.reader(f, delimiter=self.delimiter)
+            records = self._records(f)
             next(records, None)  # header
             yield from _group(records, rows_per_chunk, wanted, self._parse)
 
@@ -306,24 +363,34 @@ class _RangeReader(CorpusReader):
                 yield c, [coerce_text(v) for v in values]
 
 
+def _open_parquet(path: Path) -> Any:
+    """A pyarrow ParquetFile; an empty or corrupt file is a CorpusError naming it."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except Exception as e:  # noqa: BLE001 - ArrowInvalid, OSError, ... none name the file
+        raise CorpusError(f"{path}: not a readable parquet file ({e})") from None
+
+
 class _ParquetReader(_RangeReader):
     """A .parquet file or a folder of them (sorted by name, rows numbered across files)."""
 
     def __init__(self, path: str, column: str) -> None:
-        import pyarrow.parquet as pq
-
         root = Path(path)
         files = sorted(root.glob("*.parquet")) if root.is_dir() else [root]
-        self.column, self.files, self.groups = column, [pq.ParquetFile(f) for f in files], []
+        if not files:
+            raise CorpusError(f"{path}: a folder without .parquet files")
+        self.column, self.files, self.groups = column, [_open_parquet(f) for f in files], []
         start = 0
         for name, pf in zip(files, self.files):
             if column not in pf.schema_arrow.names:
-                raise ValueError(
+                raise CorpusError(
                     f"{name}: no column {column!r}; columns are {pf.schema_arrow.names}"
                 )
             for g in range(pf.metadata.num_row_groups):
                 n = pf.metadata.row_group(g).num_rows
-                self.groups.append((start, start + n, pf, g))
+                self.groups.append((start, start + n, pf, g, name))
                 start += n
         self.num_rows = start
         self._cache: tuple[int, list[Any]] | None = None
@@ -331,14 +398,19 @@ class _ParquetReader(_RangeReader):
     def _group_values(self, i: int) -> list[Any]:
         # Chunks rarely align with row groups: keep the last group read for the next chunk.
         if self._cache is None or self._cache[0] != i:
-            _, _, pf, g = self.groups[i]
-            column = pf.read_row_group(g, columns=[self.column]).column(0)
+            _, _, pf, g, name = self.groups[i]
+            try:
+                column = pf.read_row_group(g, columns=[self.column]).column(0)
+            except Exception as e:  # noqa: BLE001 - pyarrow's errors for bad pages vary
+                raise CorpusError(
+                    f"{name}: row group {g} cannot be read ({type(e).__name__}: {e})"
+                ) from None
             self._cache = (i, column.to_pylist())
         return self._cache[1]
 
     def read_range(self, start: int, stop: int) -> list[Any]:
         out: list[Any] = []
-        for i, (lo, hi, _, _) in enumerate(self.groups):
+        for i, (lo, hi, *_) in enumerate(self.groups):
             if hi > start and lo < stop:
                 out.extend(self._group_values(i)[max(start, lo) - lo : min(stop, hi) - lo])
         return out
@@ -356,12 +428,12 @@ class _DatasetReader(_RangeReader):
             if split is None and len(names) == 1:
                 split = names[0]
             if split not in ds:
-                raise ValueError(f"{path}: pick a split with split=...; the dataset has {names}")
+                raise CorpusError(f"{path}: pick a split with split=...; the dataset has {names}")
             ds = ds[split]
         elif split is not None:
-            raise ValueError(f"{path}: a single Dataset has no splits (drop split={split!r})")
+            raise CorpusError(f"{path}: a single Dataset has no splits (drop split={split!r})")
         if column not in ds.column_names:
-            raise ValueError(f"{path}: no column {column!r}; columns are {ds.column_names}")
+            raise CorpusError(f"{path}: no column {column!r}; columns are {ds.column_names}")
         self.dataset = ds.select_columns([column]).with_format("arrow")
         self.column, self.num_rows = column, len(ds)
 

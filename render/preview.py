@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 from PIL import Image
+
+from clippo.atomic import atomic_file
 
 
 def image_grid(
@@ -59,9 +60,6 @@ def write_preview(
     if not texts:
         raise ValueError("no texts to preview")
     grid = image_grid(renderer.render_batch(list(texts)), columns=columns)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(grid).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_file(path) as f:
+        Image.fromarray(grid).save(f, format="PNG")
     return grid

@@ -5,8 +5,8 @@ Tar members per row, KEY = the global row number zero-padded to KEY_DIGITS:
   KEY.txt  the text, UTF-8
   KEY.json {"row": int, "kind": "rendered-text", "render": RenderConfig.to_dict()}
 Parquet shards hold columns row (int64), text (string), image (PNG bytes) and carry the same
-settings as JSON in the schema metadata key b"clippo". A writer fills one file; the caller
-renames it into place once `finish()` returns.
+settings as JSON in the schema metadata key b"clippo". A writer fills one open file (the caller's
+`clippo.atomic.atomic_file`, renamed into place once `finish()` returns); it never opens a path.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import io
 import json
 import os
 from collections.abc import Callable
-from typing import Protocol
+from typing import IO, Protocol
 
 import numpy as np
 from PIL import Image
@@ -52,9 +52,8 @@ def _ustar_header(name: str, size: int) -> bytes:
 class _TarShard:
     """Webdataset tar (ustar), members in row order, reproducible bytes for the same input."""
 
-    def __init__(self, path: str, render: RenderConfig) -> None:
-        # closed by finish() or abort(): the file stays open across add() calls
-        self._file = open(path, "wb")  # noqa: SIM115
+    def __init__(self, file: IO[bytes], render: RenderConfig) -> None:
+        self._file = file
         self._render = render.to_dict()
 
     def _add(self, name: str, data: bytes) -> None:
@@ -70,21 +69,18 @@ class _TarShard:
         self._add(f"{key}.json", json.dumps(meta, sort_keys=True).encode("utf-8"))
 
     def abort(self) -> None:
-        self._file.close()
+        pass
 
     def finish(self) -> None:
         # End of archive: two zero blocks, padded to tar's 10 KiB record size like tarfile does.
         self._file.write(bytes(1024 + (-(self._file.tell() + 1024) % 10240)))
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
 
 
 class _ParquetShard:
     """Parquet with columns row, text, image (PNG bytes); settings in the schema metadata."""
 
-    def __init__(self, path: str, render: RenderConfig) -> None:
-        self.path, self.render = path, render
+    def __init__(self, file: IO[bytes], render: RenderConfig) -> None:
+        self.file, self.render = file, render
         self.rows: list[int] = []
         self.texts: list[str] = []
         self.images: list[bytes] = []
@@ -107,11 +103,11 @@ class _ParquetShard:
             metadata={"clippo": json.dumps(meta, sort_keys=True)},
         )
         table = pa.table([self.rows, self.texts, self.images], schema=schema)
-        pq.write_table(table, self.path)
+        pq.write_table(table, self.file)
 
 
 class ShardWriter(Protocol):
-    """Fills one shard file: `add` per row, then `finish()` (flushed, closed) or `abort()`."""
+    """Fills one open shard file: `add` per row, then `finish()` (all written) or `abort()`."""
 
     def add(self, row: int, text: str, png: bytes) -> None: ...
 
@@ -120,11 +116,46 @@ class ShardWriter(Protocol):
     def abort(self) -> None: ...
 
 
-# ShardOptions.output_format -> writer of a shard at `path` made with these render settings
-WRITERS: dict[str, Callable[[str, RenderConfig], ShardWriter]] = {
+# ShardOptions.output_format -> writer of a shard into an open file, with these render settings
+WRITERS: dict[str, Callable[[IO[bytes], RenderConfig], ShardWriter]] = {
     "tar": _TarShard,
     "parquet": _ParquetShard,
 }
+
+
+# files per row in a shard of each format (tar: KEY.png, KEY.txt, KEY.json; parquet: one table row)
+MEMBERS_PER_ROW = {"tar": 3, "parquet": 1}
+
+
+def count_members(path: str | os.PathLike[str], output_format: str) -> int | None:
+    """Tar members or parquet rows in a finished shard; None when the file is not a whole one.
+
+    Reads headers only (tar: one 512-byte header per member; parquet: the footer)."""
+    if output_format == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        except Exception:  # noqa: BLE001 - pyarrow raises several types for a torn file
+            return None
+    count = 0
+    with open(path, "rb") as f:
+        while True:
+            header = f.read(512)
+            if len(header) < 512:
+                return None  # cut before the end-of-archive blocks
+            if not any(header):
+                return count if f.read(512) == bytes(512) else None
+            try:
+                size = int(header[124:136].rstrip(b"\0 ") or b"0", 8)
+            except ValueError:
+                return None
+            if int(header[148:156].rstrip(b"\0 ") or b"-1", 8) != sum(
+                header[:148] + b" " * 8 + header[156:]
+            ):
+                return None
+            f.seek(size + (-size % 512), os.SEEK_CUR)
+            count += 1
 
 
 def encode_png(gray: np.ndarray, compress_level: int = 6) -> bytes:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import functools
 import gzip
 import os
+import zlib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -44,18 +45,31 @@ class RenderConfig:
     min_width: int = 4
 
     def __post_init__(self) -> None:
+        # Exact types, checked here because configs arrive from JSON and argparse alike: a
+        # string "false" is truthy and a float brightness would be cast silently by numpy.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("bool", bool):
+                if not isinstance(value, bool):
+                    raise ValueError(f"RenderConfig.{f.name} must be true or false, got {value!r}")
+            elif isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"RenderConfig.{f.name} must be an integer, got {value!r}")
         if self.font_size != 16:
             raise ValueError(
-                f"font_size={self.font_size} is not supported: Unifont glyphs are 16 px and "
-                "CLIPPO always renders at 16 (big_vision only resizes glyphs otherwise)"
+                f"RenderConfig.font_size={self.font_size} is not supported: Unifont glyphs are "
+                "16 px and CLIPPO always renders at 16 (big_vision only resizes glyphs otherwise)"
             )
         if self.image_size <= 0 or self.image_size % 16:
-            raise ValueError(f"image_size={self.image_size} must be a positive multiple of 16")
+            raise ValueError(
+                f"RenderConfig.image_size={self.image_size} must be a positive multiple of 16"
+            )
         for name in ("background_brightness", "text_brightness"):
             if not 0 <= getattr(self, name) <= 255:
-                raise ValueError(f"{name}={getattr(self, name)} must be in [0, 255]")
-        if self.max_chars < 0 or self.spacing < 0 or self.min_width < 0:
-            raise ValueError("max_chars, spacing and min_width must be >= 0")
+                raise ValueError(f"RenderConfig.{name}={getattr(self, name)} must be in [0, 255]")
+        # max_chars 0 means no limit; spacing and min_width 0 are valid glyph trims
+        for name in ("max_chars", "spacing", "min_width"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"RenderConfig.{name}={getattr(self, name)} must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,21 +86,31 @@ class GlyphTable:
 def _parse_hex(path: Path, digits: int) -> tuple[list[int], list[bytes]]:
     opener = gzip.open if path.suffix == ".gz" else open
     codes, bits = [], []
-    with opener(path, "rt", encoding="ascii") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line:
-                continue
-            try:
-                code, hexbits = line.split(":")
-                if len(code) != digits or len(hexbits) not in (32, 64):
-                    raise ValueError
-                codes.append(int(code, 16))
-                bits.append(bytes.fromhex(hexbits))
-            except ValueError:
-                raise ValueError(
-                    f"{path}:{lineno}: not a Unifont .hex line: {line[:80]!r}"
-                ) from None
+    try:
+        with opener(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("ascii").rstrip("\n")
+                except UnicodeDecodeError:
+                    raise ValueError(
+                        f"{path}:{lineno}: not a Unifont .hex file (non-ASCII bytes)"
+                    ) from None
+                if not line:
+                    continue
+                try:
+                    code, hexbits = line.split(":")
+                    if len(code) != digits or len(hexbits) not in (32, 64):
+                        raise ValueError
+                    codes.append(int(code, 16))
+                    bits.append(bytes.fromhex(hexbits))
+                except ValueError:
+                    raise ValueError(
+                        f"{path}:{lineno}: not a Unifont .hex line: {line[:80]!r}"
+                    ) from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise ValueError(
+            f"{path}: truncated or corrupt gzip file ({e or type(e).__name__})"
+        ) from None
     return codes, bits
 
 

@@ -44,3 +44,32 @@ def test_written_files_are_readable_by_others(tmp_path):
 
     path = write_text_atomic(tmp_path / "results.json", "{}")
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_atomic_file_writes_through_its_own_descriptor(tmp_path):
+    """The temp file is written through the fd mkstemp created (O_EXCL): a link planted at any
+    temp-like name, or swapped in, never receives the data; a failed block leaves nothing."""
+    from clippo.atomic import atomic_file, temp_files
+
+    outside = tmp_path / "outside"
+    outside.write_text("precious")
+    (tmp_path / "f.bin.tmp").symlink_to(outside)
+    with atomic_file(tmp_path / "f.bin") as f:
+        (tmp_name,) = temp_files(tmp_path, "f.bin")
+        os.unlink(tmp_name)  # someone swaps the temp name for a link mid-write
+        os.symlink(outside, tmp_name)
+        f.write(b"data")
+    assert outside.read_text() == "precious"
+    assert (tmp_path / "f.bin").is_symlink()  # the rename moved the swapped-in link, not data
+    (tmp_path / "f.bin").unlink()
+    with atomic_file(tmp_path / "f.bin") as f:
+        f.write(b"data")
+    assert (tmp_path / "f.bin").read_bytes() == b"data"
+    assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o644
+    with pytest.raises(RuntimeError), atomic_file(tmp_path / "g.bin") as f:
+        f.write(b"half")
+        raise RuntimeError("killed")
+    assert not (tmp_path / "g.bin").exists() and temp_files(tmp_path) == []
+    leftover = tmp_path / ".h.json.x1y2z3ab.tmp"
+    leftover.write_bytes(b"")
+    assert temp_files(tmp_path) == [leftover] and temp_files(tmp_path, "g*") == []

@@ -5,8 +5,8 @@
         <-  commands (clippo.commands, clippo.cli, clippo.__main__)
 
 `clippo.atomic` is the one clippo module the renderer may use besides the fonts: stdlib-only
-atomic file writes. The stdlib-only helpers `clippo.typed_config` and `clippo.registry` sit
-below everything except the renderer.
+atomic file writes. The stdlib-only helpers `clippo.typed_config`, `clippo.registry` and
+`clippo.errors` sit below everything except the renderer.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"clippo": "clippo", "render": "clippo.render", "eval": "clippo.eval"}
 
 COMMANDS = ("clippo.commands", "clippo.cli", "clippo.__main__")
-UTILITIES = ("clippo.atomic", "clippo.typed_config", "clippo.registry")
+UTILITIES = ("clippo.atomic", "clippo.typed_config", "clippo.registry", "clippo.errors")
 MODEL = ("clippo.model", "clippo.prompts", "clippo.preprocess")
 
 

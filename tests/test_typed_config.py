@@ -60,7 +60,17 @@ def test_values_are_converted_to_the_annotations():
         ({"inner": {"size": 1}, "pair": [1]}, "pair: expected 2 values"),
         ({"inner": {"size": 1}, "sizes": [1, "x"]}, "sizes.1: expected an integer"),
         ({"inner": 3}, "inner: expected a table"),
-        ({"inner": {"size": -1}}, "Outer: inner.size must be >= 0"),  # the class's own check
+        # the class's own check, starting with a field's name, gets the field's key
+        ({"inner": {"size": -1}}, "Outer.inner.size must be >= 0"),
+        # no value is cast to another type: bool is no number, a float no integer, text neither
+        ({"inner": {"size": 1, "scale": True}}, "inner.scale: expected a number, got True"),
+        ({"inner": {"size": 2.7}}, "inner.size: expected an integer, got 2.7"),
+        ({"inner": {"size": 2.0}}, "inner.size: expected an integer, got 2.0"),
+        ({"inner": {"size": "3"}}, "inner.size: expected an integer, got '3'"),
+        ({"inner": {"size": 1, "scale": "1.5"}}, "inner.scale: expected a number, got '1.5'"),
+        ({"inner": {"size": 1}, "mode": ["a"]}, "mode: expected one of 'a' | 'b', got ['a']"),
+        # an int that a float cannot hold exactly would be rounded silently
+        ({"inner": {"size": 1, "scale": 2**60 + 1}}, "inner.scale: 1152921504606846977 is not"),
     ],
 )
 def test_errors_name_the_key(data, message):
@@ -68,6 +78,38 @@ def test_errors_name_the_key(data, message):
         from_dict(Outer, data)
     assert message in str(info.value)
     assert isinstance(info.value, ValueError)  # `except ValueError` callers keep working
+
+
+@dataclass(frozen=True)
+class Levels:
+    level: Literal[1, 2] = 1
+    flag: bool = False
+
+
+@pytest.mark.parametrize("value", [True, 1.0, "1"])
+def test_a_literal_is_matched_by_type_too(value):
+    # `True == 1` and `1.0 == 1`: an equality test alone accepted both as the integer 1
+    with pytest.raises(ConfigError, match="level: expected one of 1 \\| 2"):
+        from_dict(Levels, {"level": value})
+    assert type(from_dict(Levels, {"level": 2}).level) is int
+
+
+@pytest.mark.parametrize("value", [1, 0, "true", None])
+def test_a_bool_is_only_true_or_false(value):
+    with pytest.raises(ConfigError, match="flag: expected true or false"):
+        from_dict(Levels, {"flag": value})
+
+
+def test_a_class_check_under_a_prefix_names_the_dotted_key():
+    with pytest.raises(ConfigError) as info:
+        from_dict(ViTConfig, {**_TINY_VIT, "num_heads": 3}, "model.vit")
+    assert str(info.value) == "model.vit.width 64 is not divisible by num_heads 3"
+    with pytest.raises(ConfigError) as info:
+        from_dict(ViTConfig, {**_TINY_VIT, "depth": 0}, "model.vit")
+    assert str(info.value) == "model.vit.depth must be a positive int, got 0"
+
+
+_TINY_VIT = dict(width=64, depth=2, num_heads=2, mlp_dim=128, patch_size=16, image_size=32)
 
 
 def test_a_prefix_names_where_the_table_came_from():

@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 
 def _run(args: argparse.Namespace) -> int:
-    from clippo.model.checkpoint import CONFIG_FILE, CheckpointError, convert
+    """Bad input (a missing or bad .npz, OUT_DIR a file) raises; `clippo.cli` prints it."""
+    from clippo.model.checkpoint import CONFIG_FILE, convert
 
     out = Path(args.out_dir)
     if (out / CONFIG_FILE).exists() and not args.force:
-        print(f"error: {out} already holds a model (use --force to overwrite)", file=sys.stderr)
-        return 1
-    try:
-        model = convert(args.npz, out)
-    except (CheckpointError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        raise FileExistsError(f"{out} already holds a model (use --force to overwrite)")
+    model = convert(args.npz, out)
     v = model.config.vit
     n = sum(p.numel() for p in model.parameters())
     print(

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from clippo.atomic import write_bytes_atomic, write_json_atomic
+from clippo.commands.args import positive_int
 from clippo.data import synthetic
 from clippo.eval.encoders import as_encoders
 from clippo.eval.results import format_table, jsonable, save_retrieval_examples
@@ -333,7 +334,9 @@ def register(subparsers: Any) -> None:
         description=__doc__,
     )
     p.add_argument("--out", default="runs/demo", help="output folder (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
+    p.add_argument(
+        "--steps", type=positive_int, default=None, help="training steps (default: the recipe's)"
+    )
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (tiny model)")
     p.add_argument(
         "--precision",
@@ -343,6 +346,6 @@ def register(subparsers: Any) -> None:
         "auto: on a CPU, bf16 only with AMX-BF16",
     )
     p.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: one per core)"
+        "--threads", type=positive_int, default=None, help="torch threads (default: one per core)"
     )
     p.set_defaults(func=_run)

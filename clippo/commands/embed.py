@@ -6,24 +6,22 @@ import argparse
 import sys
 from typing import Any
 
+from clippo.commands.args import nonnegative_int, positive_int, resolve_device
+
 
 def _run(args: argparse.Namespace) -> int:
+    """Bad input (CheckpointError, unreadable files, no GPU) raises; `clippo.cli` prints it."""
     import clippo
     from clippo import embed
 
-    try:
-        model = clippo.load(args.model)
-        common = dict(batch_size=args.batch_size, device=args.device, bf16=args.bf16)
-        if args.images is not None:
-            result = embed.embed_image_dir(
-                model, args.images, num_workers=args.num_workers, **common
-            )
-        else:
-            result = embed.embed_texts(model, embed.read_texts(args.texts), **common)
-        written = embed.write_embeddings(result, args.out)
-    except (OSError, ValueError) as e:  # includes CheckpointError and bad input files
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    device = resolve_device(args.device)
+    model = clippo.load(args.model)
+    common = dict(batch_size=args.batch_size, device=device, bf16=args.bf16)
+    if args.images is not None:
+        result = embed.embed_image_dir(model, args.images, num_workers=args.num_workers, **common)
+    else:
+        result = embed.embed_texts(model, embed.read_texts(args.texts), **common)
+    written = embed.write_embeddings(result, args.out)
     print(embed.summary(result, written), file=sys.stderr)
     return 0
 
@@ -51,8 +49,8 @@ def register(subparsers: Any) -> None:
         type=_output,
         help="FILE.npy (ids in FILE.ids.txt, row-aligned) or FILE.parquet (id, embedding)",
     )
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
-    p.add_argument("--num-workers", type=int, default=4, help="image decoding threads")
+    p.add_argument("--num-workers", type=nonnegative_int, default=4, help="image decoding threads")
     p.set_defaults(func=_run)

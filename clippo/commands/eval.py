@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
+from clippo.commands.args import nonnegative_int, positive_int, resolve_device
+
 RESULTS = "results.json"
 EXAMPLES_PNG = "retrieval_examples.png"
 
@@ -29,12 +31,19 @@ def _common(p: argparse.ArgumentParser, defaults: bool) -> None:
 
     p.add_argument("--model", default=d(None), help="big_vision .npz or a saved/trainer dir")
     p.add_argument("--out", default=d(None), help="output folder (results.json, PNG)")
-    p.add_argument("--batch-size", type=int, default=d(64), help="images/texts per forward pass")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=d(64), help="images/texts per forward pass"
+    )
     p.add_argument("--device", default=d("auto"), help="auto (CUDA if available), cpu, cuda:1")
     p.add_argument(
-        "--max-examples", type=int, default=d(0), help="evaluate N evenly spaced images (0: all)"
+        "--max-examples",
+        type=nonnegative_int,
+        default=d(0),
+        help="evaluate N evenly spaced images (0: all)",
     )
-    p.add_argument("--num-workers", type=int, default=d(4), help="image decoding threads")
+    p.add_argument(
+        "--num-workers", type=nonnegative_int, default=d(4), help="image decoding threads"
+    )
 
 
 def _spec(args: argparse.Namespace) -> Any:
@@ -82,50 +91,41 @@ def _run(args: argparse.Namespace) -> int:
         if getattr(args, flag) is None:
             print(f"error: clippo eval needs --{flag}", file=sys.stderr)
             return 2
-    if args.batch_size < 1 or args.max_examples < 0:
-        print("error: --batch-size must be >= 1 and --max-examples >= 0", file=sys.stderr)
-        return 2
     try:
         spec = _spec(args)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    import torch
-
     import clippo
     from clippo.atomic import write_json_atomic
     from clippo.eval.results import jsonable
     from clippo.eval.suites import run_suite
 
+    # bad input from here on (no GPU, CheckpointError, missing files, bad rows) raises, and
+    # clippo.cli prints it as one line
+    device = resolve_device(args.device)
     out = Path(args.out)
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     extra: dict[str, Any] = {}
     if spec.kind == "retrieval":
         extra["examples_png"] = out / EXAMPLES_PNG
-    try:
-        model = clippo.load(args.model).to(device).eval()
-        metrics = run_suite(
-            model, spec, device=device, num_workers=args.num_workers, progress=True, **extra
-        )
-        results = {
-            "suite": spec.kind,
-            "model": str(Path(args.model).resolve()),
-            "model_config": model.config.to_dict(),
-            "data": str(Path(spec.path).resolve()),
-            "spec": {
-                **{k: getattr(spec, k) for k in spec.__dataclass_fields__},
-                "canonical": spec.canonical,
-            },
-            "options": {"device": str(device), "num_workers": args.num_workers},
-            "metrics": metrics,
-        }
-        written = write_json_atomic(jsonable(results), out / RESULTS)
-    except (OSError, ValueError) as e:  # missing files, bad rows, CheckpointError
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    model = clippo.load(args.model).to(device).eval()
+    metrics = run_suite(
+        model, spec, device=device, num_workers=args.num_workers, progress=True, **extra
+    )
+    results = {
+        "suite": spec.kind,
+        "model": str(Path(args.model).resolve()),
+        "model_config": model.config.to_dict(),
+        "data": str(Path(spec.path).resolve()),
+        "spec": {
+            **{k: getattr(spec, k) for k in spec.__dataclass_fields__},
+            "canonical": spec.canonical,
+        },
+        "options": {"device": str(device), "num_workers": args.num_workers},
+        "metrics": metrics,
+    }
+    written = write_json_atomic(jsonable(results), out / RESULTS)
     print(_table(spec.kind, metrics))
     if metrics["n_skipped"]:
         print(f"skipped {metrics['n_skipped']} unreadable images:", file=sys.stderr)

@@ -7,7 +7,12 @@ import dataclasses
 import sys
 from typing import Any
 
+from clippo.commands.args import nonnegative_int, positive_int
 from clippo.render import RenderConfig
+
+# RenderConfig's integer fields where 0 is meaningful (no limit, no spacing, black ink);
+# the others must be positive
+_ZERO_OK = {"max_chars", "background_brightness", "text_brightness", "spacing", "min_width"}
 
 _RENDER_HELP = {
     "image_size": "image side in pixels (multiple of 16)",
@@ -32,8 +37,9 @@ def _add_render_options(parser: argparse.ArgumentParser) -> None:
             group.add_argument(
                 flag, default=f.default, action=argparse.BooleanOptionalAction, help=help_
             )
-        else:
-            group.add_argument(flag, type=type(f.default), default=f.default, help=help_)
+        else:  # every other field is an int (RenderConfig checks the ranges beyond >= 0 / >= 1)
+            kind = nonnegative_int if f.name in _ZERO_OK else positive_int
+            group.add_argument(flag, type=kind, default=f.default, help=help_)
 
 
 def register(subparsers: Any) -> None:
@@ -69,29 +75,31 @@ def register(subparsers: Any) -> None:
         default="shard",
         help="shards are PREFIX-NNNNNN.tar/.parquet (default: %(default)s)",
     )
-    p.add_argument("--rows-per-shard", type=int, default=10_000, help="(default: %(default)s)")
+    p.add_argument(
+        "--rows-per-shard", type=positive_int, default=10_000, help="(default: %(default)s)"
+    )
     p.add_argument(
         "--num-workers",
-        type=int,
+        type=positive_int,
         default=1,
         help="processes, each rendering whole shards (default: %(default)s)",
     )
     p.add_argument(
         "--shard-index",
-        type=int,
+        type=nonnegative_int,
         default=0,
         help="this job's index in a job array: it writes shards s with s %% K == I",
     )
-    p.add_argument("--num-shards", type=int, default=1, help="jobs K in the job array")
+    p.add_argument("--num-shards", type=positive_int, default=1, help="jobs K in the job array")
     p.add_argument(
         "--batch-size",
-        type=int,
+        type=positive_int,
         default=256,
         help="texts per render_batch call (default: %(default)s)",
     )
     p.add_argument(
         "--png-compress-level",
-        type=int,
+        type=nonnegative_int,
         default=6,
         choices=range(10),
         metavar="0-9",
@@ -117,7 +125,10 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
-    except (ValueError, FileNotFoundError) as e:  # bad settings or input: message, no traceback
+    except (
+        ValueError,
+        OSError,
+    ) as e:  # bad settings, input or output folder: one line, no traceback
         print(f"clippo render: error: {e}", file=sys.stderr)
         return 2
 
@@ -135,7 +146,11 @@ def _run(args: argparse.Namespace) -> int:
     )
     source = CorpusSource(args.input, args.input_format, args.text_column, args.split)
     if args.preview is not None:
-        n, png = int(args.preview[0]), args.preview[1]
+        try:
+            n, png = positive_int(args.preview[0]), args.preview[1]
+        except argparse.ArgumentTypeError as e:
+            print(f"clippo render: error: --preview N: {e}", file=sys.stderr)
+            return 2
         from clippo.render import UnifontRenderer
 
         texts = preview_texts(source, n)

@@ -1,7 +1,8 @@
-"""`clippo train CONFIG.toml|PRESET [--set key.sub=value ...] [--resume auto|DIR]`: contrastive
-training. Presets: demo, coco-sanity, clippo-b16. Multi-GPU / multi-node: launch with torchrun.
-`[[eval]]` tables in the config (retrieval / zero-shot) run every logging.eval_every_steps and at
-the end; their metrics go to metrics.jsonl as eval/<name>/<metric>."""
+"""`clippo train CONFIG.toml|PRESET [--set key.sub=value ...] [--resume auto|DIR]
+[--allow-legacy-pickle]`: contrastive training. Presets: demo, coco-sanity, clippo-b16.
+Multi-GPU / multi-node: launch with torchrun. `[[eval]]` tables in the config (retrieval /
+zero-shot) run every logging.eval_every_steps and at the end; their metrics go to metrics.jsonl
+as eval/<name>/<metric>."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def _run(args: argparse.Namespace) -> int:
     from clippo.train import NonFiniteLossError, train
 
     try:
-        result = train(cfg, hooks=hooks)
+        result = train(cfg, hooks=hooks, allow_legacy_pickle=args.allow_legacy_pickle)
     except (ConfigError, NonFiniteLossError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -72,6 +73,13 @@ def register(subparsers: Any) -> None:
         "--resume",
         metavar="auto|DIR",
         help="'auto': continue from the newest complete checkpoint of the run directory",
+    )
+    p.add_argument(
+        "--allow-legacy-pickle",
+        action="store_true",
+        help="resume a checkpoint written before clippo's pickle-free format (its optimizer.pt is "
+        "a pickle, which can run code when loaded: only for checkpoints you wrote yourself); a "
+        "flag, never a config key, so a shared config file cannot turn it on",
     )
     p.add_argument(
         "--print-config", action="store_true", help="print the resolved config as JSON and exit"

@@ -37,6 +37,7 @@ from clippo.data.sources import (
     SkipSample,
     text_or_skip,
 )
+from clippo.errors import DataError
 
 __all__ = [
     "ImagePrep",
@@ -175,7 +176,9 @@ class _TarReader:
                 self.records[-1][1][ext] = member
         except (tarfile.TarError, OSError, EOFError) as e:
             # keep what was indexed before the damage; the rest of the shard is lost
-            self.problems.append(("bad_shard", f"{path}: {type(e).__name__}: {e}"))
+            # tarfile's "could not be opened" lists every method tried, one per line
+            why = " ".join(str(e).split())
+            self.problems.append(("bad_shard", f"{path}: {type(e).__name__}: {why}"))
 
     def __len__(self) -> int:
         return len(self.records)
@@ -298,6 +301,20 @@ def _image_value(value: Any, root: str, where: str) -> bytes | str:
     raise SkipSample("no_image", f"{where}: no image in cell ({type(value).__name__})")
 
 
+def _parquet_file(path: str) -> Any:
+    """pyarrow's ParquetFile; an empty or damaged file is a DataError naming it (pyarrow's own
+    "Parquet file size is 0 bytes" names no file)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise DataError(f"{path}: not a readable parquet file ({e})") from None
+
+
 class _ParquetUnit:
     def __init__(self, images: list[Any], texts: list[Any], first_row: int, path: str, root: str):
         self.images, self.texts, self.first_row = images, texts, first_row
@@ -330,8 +347,6 @@ class ParquetImageText(ShardedSource):
         shuffle: bool = True,
         name: str = "parquet",
     ) -> None:
-        import pyarrow.parquet as pq
-
         self.paths = expand_paths(paths)
         self.image_column, self.text_column = image_column, text_column
         self.image_root = image_root
@@ -340,7 +355,7 @@ class ParquetImageText(ShardedSource):
         self.name = name
         self._units: list[tuple[int, int, int, int]] = []  # (file, row group, rows, first row)
         for f, path in enumerate(self.paths):
-            meta = pq.ParquetFile(path).metadata
+            meta = _parquet_file(path).metadata
             names = meta.schema.to_arrow_schema().names
             _require_columns(path, names, image_column, text_column)
             first = 0
@@ -356,13 +371,16 @@ class ParquetImageText(ShardedSource):
         return self._units[unit][2]
 
     def read_unit(self, unit: int) -> _ParquetUnit:
-        import pyarrow.parquet as pq
+        import pyarrow as pa
 
         f, g, _, first = self._units[unit]
-        table = pq.ParquetFile(self.paths[f]).read_row_group(
-            g, columns=[self.image_column, self.text_column]
-        )
         path = self.paths[f]
+        try:
+            table = _parquet_file(path).read_row_group(
+                g, columns=[self.image_column, self.text_column]
+            )
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(f"{path}: row group {g} is corrupt ({e})") from None
         return _ParquetUnit(
             table.column(self.image_column).to_pylist(),
             table.column(self.text_column).to_pylist(),

@@ -14,18 +14,22 @@ Sources come in two shapes (both yield `ImageTextPair` or `TextPair` samples):
 Bad samples (a source raises `SkipSample`) are counted in `SkipStats` and replaced without
 changing any position, so the stream stays a pure function of the seed: a random-access source
 substitutes a seeded random other index, a sharded source the next good record of the same
-stream (a duplicate). Only a source that fails `max_bad_in_a_row` times in a row stops the run.
+stream (a duplicate). Only a source that fails `max_bad_in_a_row` times in a row stops the run,
+with a `clippo.errors.DataError` naming the source's files (as does a source without records).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
+
+from clippo.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +117,29 @@ class SkipStats:
             return "no samples skipped"
         return ", ".join(f"{k}: {n}" for k, n in sorted(self.counts.items()))
 
+    def why(self, source: str) -> str:
+        """The counts of `source`'s skips and its first message (what a user needs to fix)."""
+        mine = {k: n for k, n in self.counts.items() if k.startswith(f"{source}/")}
+        first = next((m[0] for k, m in sorted(self.examples.items()) if k in mine and m), None)
+        counts = ", ".join(f"{k.rpartition('/')[2]} {n}" for k, n in sorted(mine.items()))
+        return f"skipped: {counts or 'none'}" + (f"; first: {first}" if first else "")
+
+
+def source_files(source: object) -> str:
+    """Where a source reads from, for messages: its file, or its files' count and folder."""
+    paths = getattr(source, "paths", None)
+    if paths is None and isinstance(getattr(source, "path", None), str | os.PathLike):
+        paths = [source.path]  # type: ignore[attr-defined]
+    if not paths:
+        return str(getattr(source, "name", type(source).__name__))
+    if len(paths) == 1:
+        return os.fspath(paths[0])
+    try:
+        folder = os.path.commonpath([os.path.abspath(p) for p in paths])
+    except ValueError:  # paths on different drives
+        return f"{len(paths)} files"
+    return f"{len(paths)} files in {folder}"
+
 
 def _seed(*parts: int | str) -> np.random.SeedSequence:
     """A SeedSequence from ints and strings (strings hashed with crc32: stable across runs)."""
@@ -187,7 +214,7 @@ class RandomAccessStream:
         self.max_bad = max_bad_in_a_row
         self.n = len(source)
         if self.n == 0:
-            raise ValueError(f"source {label!r} is empty")
+            raise DataError(f"source {label!r} ({source_files(source)}) is empty")
         self._perm_epoch = -1
         self._perm: np.ndarray | None = None
 
@@ -211,9 +238,9 @@ class RandomAccessStream:
             index = int(
                 seeded_rng(self.seed, self.label, "substitute", g, attempt).integers(self.n)
             )
-        raise RuntimeError(
-            f"source {self.label!r}: {self.max_bad + 1} bad samples in a row at position {position};"
-            f" skipped so far: {self.stats.summary()}"
+        raise DataError(
+            f"source {self.label!r} ({source_files(self.source)}): {self.max_bad + 1} bad samples "
+            f"in a row at position {position}; {self.stats.why(self.label)}"
         )
 
 
@@ -326,9 +353,9 @@ def _sharded_records(
                 if close is not None:
                     close()
         if selected == 0:
-            raise ValueError(
-                f"source {label!r}: partition {part} of {num_parts} has no records "
-                f"({len(units)} units)"
+            raise DataError(
+                f"source {label!r} ({source_files(source)}): partition {part} of {num_parts} has "
+                f"no records ({len(units)} units read); {stats.why(label)}"
             )
         per_epoch = selected
         epoch += 1
@@ -353,9 +380,9 @@ def sharded_stream(
             stats.add(label, e.kind, e.message)
             pending += 1
             if pending > max_bad_in_a_row:
-                raise RuntimeError(
-                    f"source {label!r}: {pending} bad samples in a row (partition {part} of "
-                    f"{num_parts}, position {position}); skipped so far: {stats.summary()}"
+                raise DataError(
+                    f"source {label!r} ({source_files(source)}): {pending} bad samples in a row "
+                    f"(partition {part} of {num_parts}, position {position}); {stats.why(label)}"
                 ) from None
             continue
         for _ in range(pending + 1):

@@ -20,6 +20,7 @@ import gzip
 import json
 import os
 import re
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -34,6 +35,7 @@ from clippo.data.sources import (
     TextPair,
     text_or_skip,
 )
+from clippo.errors import DataError
 
 __all__ = [
     "read_lines",
@@ -50,9 +52,14 @@ _BLANK_LINE = re.compile(r"\n[^\S\n]*\n\s*")
 
 
 def _read_text(path: str) -> str:
+    """The file's text (bad UTF-8 bytes become U+FFFD); a truncated or damaged .gz is a
+    DataError naming the file, not a bare EOFError."""
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as f:
-        return f.read()
+    try:
+        with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as f:
+            return f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataError(f"{path}: truncated or damaged gzip file ({e})") from None
 
 
 def read_lines(path: str | os.PathLike) -> list[str]:

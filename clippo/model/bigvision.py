@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from clippo.model.config import ModelConfig, ViTConfig
+from clippo.model.files import CONFIG_FILE
 
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 
@@ -71,6 +72,10 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     AugReg ViT, say) is returned whole.
     """
     path = Path(path)
+    if path.is_dir():
+        saved = (path / CONFIG_FILE).is_file()
+        hint = " (it holds a saved CLIPPO model: clippo.load reads it)" if saved else ""
+        raise IsADirectoryError(f"{path} is a folder, not a big_vision .npz file{hint}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     with open(path, "rb") as f:

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 import torch
 
+from clippo import typed_config
 from clippo.model.bigvision import (
     CheckpointError,
     image_init_params,
@@ -36,6 +39,7 @@ from clippo.model.files import (
     FORMAT_VERSION,
     TORCH_WEIGHTS_FILES,
     WEIGHTS_FILE,
+    check_model_dir,
 )
 from clippo.model.one_tower import CLIPPO
 
@@ -78,27 +82,37 @@ def read_config(directory: str | os.PathLike) -> ModelConfig:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: 'format' is not {FORMAT!r}")
     version = meta.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if type(version) is not int or not 1 <= version <= FORMAT_VERSION:  # True is no version
         raise CheckpointError(
-            f"{path}: format_version {version!r} is not supported (this clippo reads up to "
-            f"{FORMAT_VERSION}); upgrade clippo"
+            f"{path}: format_version {version!r} is not supported (this clippo reads 1 to "
+            f"{FORMAT_VERSION}; a newer file needs a newer clippo)"
         )
-    try:
-        return ModelConfig.from_dict(meta["model"])
-    except (KeyError, TypeError, ValueError) as e:
+    # a newer layout bumps format_version; an unknown key at this version is a foreign file
+    unknown = sorted(set(meta) - {"format", "format_version", "model"})
+    if unknown:
+        raise CheckpointError(
+            f"{path}: unknown key {unknown[0]!r} (known: format, format_version, model)"
+        )
+    if "model" not in meta:
+        raise CheckpointError(f"{path}: missing key 'model' (the model config)")
+    try:  # under the prefix "model", so errors name the key as it stands in the file
+        return typed_config.from_dict(ModelConfig, meta["model"], "model")
+    except ValueError as e:  # ConfigError, and the renderer's own checks
         raise CheckpointError(f"{path}: bad model config: {e}") from e
 
 
 def _read_weights(directory: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    """(the weights file, its tensors), every one a floating-point tensor."""
     path = directory / WEIGHTS_FILE
     if path.is_file():
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
-            return path, load_file(str(path), device="cpu")
+            tensors = load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({e})") from e
+        return path, _floating(path, tensors)
     for name in TORCH_WEIGHTS_FILES:
         path = directory / name
         if path.is_file():
@@ -108,8 +122,24 @@ def _read_weights(directory: Path) -> tuple[Path, dict[str, torch.Tensor]]:
                 raise CheckpointError(f"{path}: cannot read torch weights ({e})") from e
             if not isinstance(state, dict):
                 raise CheckpointError(f"{path}: expected a state dict, got {type(state).__name__}")
-            return path, state
+            return path, _floating(path, state)
     raise FileNotFoundError(f"{directory}: no {WEIGHTS_FILE} (or {', '.join(TORCH_WEIGHTS_FILES)})")
+
+
+def _floating(path: Path, state: Mapping[str, object]) -> dict[str, torch.Tensor]:
+    """`state` if every value is a floating-point tensor. Weights stored as integers or booleans
+    are a broken or foreign file: cast to float they would load as nonsense without a word (the
+    .npz reader refuses them too). The error names every offending key."""
+    bad = [
+        f"{k} ({v.dtype})" if isinstance(v, torch.Tensor) else f"{k} ({type(v).__name__})"
+        for k, v in state.items()
+        if not (isinstance(v, torch.Tensor) and v.is_floating_point())
+    ]
+    if bad:
+        raise CheckpointError(
+            f"{path}: weights must be floating-point tensors; not so: {', '.join(sorted(bad))}"
+        )
+    return cast("dict[str, torch.Tensor]", dict(state))
 
 
 def load_dir(directory: str | os.PathLike) -> CLIPPO:
@@ -142,6 +172,7 @@ def load(path: str | os.PathLike) -> CLIPPO:
 
 def convert(npz_path: str | os.PathLike, out_dir: str | os.PathLike) -> CLIPPO:
     """big_vision `.npz` -> `CLIPPO.save` directory; returns the loaded model."""
+    check_model_dir(out_dir)  # before the (long) load, not after it
     model = load_npz(npz_path)
     model.save(out_dir)
     return model

@@ -10,6 +10,7 @@ the wrong type are `ConfigError`s (ValueErrors) naming the key. `VARIANTS` is a 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,13 +39,15 @@ class ViTConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"ViTConfig.{name} must be a positive int, got {value!r}")
+        # messages start with the field (see typed_config.from_dict, which adds its dotted key)
         if self.width % self.num_heads:
             raise ValueError(
-                f"ViTConfig: width {self.width} not divisible by {self.num_heads} heads"
+                f"ViTConfig.width {self.width} is not divisible by num_heads {self.num_heads}"
             )
         if self.image_size % self.patch_size:
             raise ValueError(
-                f"ViTConfig: image_size {self.image_size} not a multiple of patch {self.patch_size}"
+                f"ViTConfig.image_size {self.image_size} is not a multiple of patch_size "
+                f"{self.patch_size}"
             )
         if self.pool_type not in POOL_TYPES:
             raise ValueError(
@@ -133,17 +136,18 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.vit, ViTConfig):
             raise TypeError(f"ModelConfig.vit must be a ViTConfig, got {type(self.vit).__name__}")
-        if not isinstance(self.out_dim, int) or self.out_dim <= 0:
+        if not isinstance(self.out_dim, int) or isinstance(self.out_dim, bool) or self.out_dim <= 0:
             raise ValueError(f"ModelConfig.out_dim must be a positive int, got {self.out_dim!r}")
-        if not self.temperature_init > 0:
+        # the logit scale is exp(t): an infinite or NaN t makes every logit inf or NaN
+        if not 0 < self.temperature_init < math.inf:
             raise ValueError(
-                f"ModelConfig.temperature_init must be > 0, got {self.temperature_init}"
+                f"ModelConfig.temperature_init must be finite and > 0, got {self.temperature_init}"
             )
         if self.render is None:
             object.__setattr__(self, "render", RenderConfig(image_size=self.vit.image_size))
         if self.render.image_size != self.vit.image_size:
             raise ValueError(
-                f"ModelConfig: render.image_size {self.render.image_size} != "
+                f"ModelConfig.render.image_size {self.render.image_size} != "
                 f"vit.image_size {self.vit.image_size}"
             )
 

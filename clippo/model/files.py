@@ -19,6 +19,18 @@ WEIGHTS_FILE = "model.safetensors"
 TORCH_WEIGHTS_FILES = ("pytorch_model.bin", "model.pt")  # read with weights_only=True only
 
 
+def check_model_dir(directory: str | os.PathLike) -> Path:
+    """`directory` as a Path, if a model can be saved there: new, or an existing folder. A file
+    of that name is a FileExistsError that says so (mkdir's own says only "File exists")."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise FileExistsError(
+            f"{directory} exists and is a file; a model is saved as a folder "
+            f"({CONFIG_FILE} + {WEIGHTS_FILE}): give a new or existing folder"
+        )
+    return directory
+
+
 def save_model(
     directory: str | os.PathLike, config: dict[str, Any], state: Mapping[str, torch.Tensor]
 ) -> Path:
@@ -26,7 +38,7 @@ def save_model(
     each file atomically. Returns the directory."""
     from safetensors.torch import save
 
-    directory = Path(directory)
+    directory = check_model_dir(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     # serialised in memory, then written by the atomic writer: safetensors' save_file replaces

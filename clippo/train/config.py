@@ -12,6 +12,7 @@ that name the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from clippo import typed_config
+from clippo.errors import read_utf8
 from clippo.registry import Registry, UnknownNameError
 from clippo.train.optim import OptimConfig
 from clippo.train.schedule import ScheduleConfig
@@ -108,11 +110,12 @@ class ModelSection:
             )
         sizes: dict[str, Any] = VARIANTS[self.variant].to_dict()
         sizes.update({k: getattr(self, k) for k in sizes if getattr(self, k) is not None})
-        try:
-            vit = ViTConfig(**sizes, image_size=self.image_size)
-            return ModelConfig(vit, self.out_dim or vit.width, self.temperature_init)
-        except ValueError as e:
-            raise ConfigError(f"model: {e}") from None
+        # through from_dict so that the configs' own checks name the key ("model.width ...")
+        vit = from_dict(ViTConfig, {**sizes, "image_size": self.image_size}, "model")
+        head = {"out_dim": vit.width if self.out_dim is None else self.out_dim}
+        return from_dict(
+            ModelConfig, {"vit": vit, **head, "temperature_init": self.temperature_init}, "model"
+        )
 
 
 @dataclass(frozen=True)
@@ -182,12 +185,13 @@ class TrainConfig:
 
 
 def _validate(cfg: TrainConfig) -> None:
+    # written so that NaN fails too; inf is no size, count or weight either
     def positive(key: str, value: float) -> None:
-        if value <= 0:
+        if not 0 < value < math.inf:
             raise ConfigError(f"{key} must be > 0, got {value}")
 
     def non_negative(key: str, value: float) -> None:
-        if value < 0:
+        if not 0 <= value < math.inf:
             raise ConfigError(f"{key} must be >= 0, got {value}")
 
     lp = cfg.loop
@@ -199,6 +203,9 @@ def _validate(cfg: TrainConfig) -> None:
             f"loop.batch_size {lp.batch_size} is not divisible by loop.accum_steps {lp.accum_steps}"
         )
     non_negative("loop.clip_grad_norm", lp.clip_grad_norm)
+    non_negative("loop.seed", lp.seed)
+    non_negative("data.num_workers", cfg.data.num_workers)
+    positive("data.prefetch_factor", cfg.data.prefetch_factor)
     if lp.steps > 1 and cfg.schedule.warmup_steps >= lp.steps:
         raise ConfigError(
             f"schedule.warmup_steps {cfg.schedule.warmup_steps} must be < loop.steps {lp.steps}"
@@ -354,7 +361,7 @@ def load_train_config(source: str | Path, overrides: Sequence[str] = ()) -> Trai
                 f"{source!r} is neither a preset ({', '.join(PRESETS)}) nor a TOML file"
             )
         try:
-            doc = tomllib.loads(path.read_text(encoding="utf-8"))
+            doc = tomllib.loads(read_utf8(path, ConfigError))
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: {e}") from None
         start = doc.pop("preset", None)

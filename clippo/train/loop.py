@@ -38,10 +38,12 @@ from clippo.train.optim import build_optimizer, set_lr
 from clippo.train.precision import choose_precision
 from clippo.train.schedule import build_schedule
 from clippo.train.state import (
+    CHECKPOINTS,
     Checkpoint,
     TrainerState,
+    check_resume_config,
+    check_writable,
     gather_full_state,
-    list_checkpoints,
     load_checkpoint,
     load_optimizer_state,
     resolve_resume,
@@ -49,6 +51,7 @@ from clippo.train.state import (
     save_checkpoint,
     set_rng_state,
     sigterm_flag,
+    step_dirs,
 )
 from clippo.train.step import CachedLoss, ContrastiveStep, Embed, Loss
 
@@ -125,9 +128,13 @@ def _under(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
 class Trainer:
     """Holds the wrapped model, optimiser and state; `run()` executes the loop.
 
-    Built in this order: the devices and the batch split, the checkpoint to resume (if any), the
-    model (restored or built), the training step (model + loss) wrapped for DDP/FSDP, the
-    optimiser and schedule (their state restored), then the data (repositioned).
+    Built in this order: the devices and the batch split, a check that every output folder is
+    writable, the checkpoint to resume (if any, checked against this config), the model (restored
+    or built), the training step (model + loss) wrapped for DDP/FSDP, the optimiser and schedule
+    (their state restored), then the data (repositioned).
+
+    allow_legacy_pickle: let a checkpoint written before the manifest (optimizer.pt, a pickle)
+    resume; a keyword, never a config key (`clippo.train.state`).
     """
 
     def __init__(
@@ -136,8 +143,11 @@ class Trainer:
         data: DataFactory | None,
         hooks: Sequence[Hook],
         model: CLIPPO | None,
+        *,
+        allow_legacy_pickle: bool = False,
     ) -> None:
         self.cfg, self.hooks = cfg, list(hooks)
+        self.allow_legacy_pickle = allow_legacy_pickle
         lp = cfg.loop
         self.dist = cdist.init_distributed(device=None if lp.device == "auto" else lp.device)
         self.device = self.dist.device
@@ -146,6 +156,11 @@ class Trainer:
         self.precision = choose_precision(lp.precision, self.device)
         self.bf16 = self.precision.bf16
         self.run_dir = Path(cfg.logging.run_dir)
+        if self.dist.is_main:  # before any work: not at the first save, every_steps steps in
+            outputs = [self.run_dir, self.run_dir / CHECKPOINTS]
+            if cfg.logging.tensorboard:
+                outputs.append(self.run_dir / "tensorboard")  # MetricsLogger's folder
+            check_writable(outputs)
         torch.manual_seed(lp.seed)  # the same init on every rank
 
         resume = self._checkpoint_to_resume()
@@ -169,15 +184,26 @@ class Trainer:
     # ---- building, in the order of __init__ ----------------------------------------------------
 
     def _checkpoint_to_resume(self) -> Checkpoint | None:
-        """The checkpoint named by `checkpoint.resume`; refuses to start a fresh run in a run
-        directory that holds checkpoints (the two runs' checkpoints would interleave)."""
-        path = resolve_resume(self.cfg.checkpoint.resume, self.run_dir)
-        if path is None and list_checkpoints(self.run_dir):
-            raise ConfigError(
-                f"logging.run_dir {str(self.run_dir)!r} holds checkpoints of an earlier run: "
-                "resume it (--resume auto) or choose another run directory"
-            )
-        return None if path is None else load_checkpoint(path)
+        """The checkpoint named by `checkpoint.resume` (verified; with "auto" the newest
+        complete one), its model and optimiser sections equal to this config's; refuses to start
+        a fresh run in a run directory that holds checkpoints (the two runs' checkpoints would
+        interleave)."""
+        resume = self.cfg.checkpoint.resume
+        path = resolve_resume(
+            resume,
+            self.run_dir,
+            allow_legacy_pickle=self.allow_legacy_pickle,
+            report=self.dist.is_main,
+        )
+        if path is None:
+            if not resume and step_dirs(self.run_dir):
+                raise ConfigError(
+                    f"logging.run_dir {str(self.run_dir)!r} holds checkpoints of an earlier run: "
+                    "resume it (--resume auto) or choose another run directory"
+                )
+            return None
+        check_resume_config(self.cfg, path)
+        return load_checkpoint(path, allow_legacy_pickle=self.allow_legacy_pickle)
 
     def _training_step(self, resume: Checkpoint | None) -> ContrastiveStep:
         """Model + loss on the device; the loss owns the sigmoid loss's bias (restored here,
@@ -446,10 +472,13 @@ def train(
     hooks: Sequence[Hook] = (),
     data: DataFactory | None = None,
     model: CLIPPO | None = None,
+    allow_legacy_pickle: bool = False,
 ) -> TrainResult:
     """Train per `cfg`; `data` replaces the pipeline built from `cfg.data`, `model` the one built
-    from `cfg.model` (ignored when resuming). Raises NonFiniteLossError on a NaN/inf loss."""
-    return Trainer(cfg, data, hooks, model).run()
+    from `cfg.model` (ignored when resuming). `allow_legacy_pickle`: resume a checkpoint written
+    before the manifest (its optimizer.pt is a pickle: only for checkpoints you wrote). Raises
+    NonFiniteLossError on a NaN/inf loss."""
+    return Trainer(cfg, data, hooks, model, allow_legacy_pickle=allow_legacy_pickle).run()
 
 
 __all__ = [

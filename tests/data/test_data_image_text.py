@@ -19,6 +19,7 @@ from clippo.data.image_text import (
 from clippo.data.images import decode_image
 from clippo.data.mixer import BatchMixer, MixerConfig
 from clippo.data.sources import SkipSample, SkipStats
+from clippo.errors import DataError
 
 S = 8  # output image size in these tests
 
@@ -303,3 +304,41 @@ def test_skip_stats_counts_and_deltas():
     other.update({"s/image_corrupt": 5})
     assert other.counts == {"s/image_corrupt": 5}
     assert "s/image_corrupt: 5" in other.summary()
+
+
+def test_an_empty_or_damaged_parquet_file_is_an_error_naming_it(tmp_path, parquet_file):
+    empty = tmp_path / "empty.parquet"
+    empty.write_bytes(b"")
+    with pytest.raises(DataError, match=f"{empty}: not a readable parquet file"):
+        ParquetImageText(str(empty))
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(parquet_file.read_bytes()[:-100])  # the footer gone
+    with pytest.raises(DataError, match=f"{cut}: not a readable parquet file"):
+        ParquetImageText(str(cut))
+    # footer intact, the first row group's pages overwritten: found when the unit is read
+    raw = bytearray(parquet_file.read_bytes())
+    raw[4:400] = b"\xff" * 396
+    pages = tmp_path / "pages.parquet"
+    pages.write_bytes(bytes(raw))
+    src = ParquetImageText(str(pages))
+    with pytest.raises(DataError, match=f"{pages}: row group 0 is corrupt"):
+        src.read_unit(0)
+
+
+def test_shards_of_only_bad_samples_stop_with_an_error_naming_the_folder(helpers, tmp_path):
+    # the message was right but named no file, and was a RuntimeError: a traceback at the top
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    for s in range(2):
+        members = [(f"k{s}{i}.jpg", b"\xff\xd8 not a jpeg") for i in range(4)]
+        members = [m for i in range(4) for m in (members[i], (f"k{s}{i}.txt", b"a caption"))]
+        helpers.write_tar(folder / f"{s}.tar", members)
+    src = TarShards(str(folder / "*.tar"), image_size=S)
+    mixer = BatchMixer(MixerConfig(2, max_bad_in_a_row=5), [(src, 1)])
+    with pytest.raises(DataError) as info:
+        next(mixer.batches(0))
+    message = str(info.value)
+    assert (
+        f"source 'image_text/0:webdataset' (2 files in {folder}): 6 bad samples in a row" in message
+    )
+    assert "skipped: image_corrupt 6; first: " in message and ".tar:k" in message

@@ -17,6 +17,7 @@ from clippo.data.sources import (
     SkipSample,
     TextPair,
 )
+from clippo.errors import DataError
 
 
 class Numbers(RandomAccessSource):
@@ -189,14 +190,14 @@ def test_bad_samples_are_replaced_and_counted():
 
 def test_a_source_that_is_all_bad_stops_with_a_clear_error():
     m = BatchMixer(MixerConfig(2, max_bad_in_a_row=5), [(Numbers(10, bad=range(10)), 1)])
-    with pytest.raises(RuntimeError, match="6 bad samples in a row"):
+    with pytest.raises(DataError, match="6 bad samples in a row"):
         next(m.batches(0))
     m = BatchMixer(
         MixerConfig(2, 1.0, max_bad_in_a_row=5),
         (),
         [(Shards(1, 9, bad={f"u0r{i}" for i in range(9)}), 1)],
     )
-    with pytest.raises(RuntimeError, match="bad samples in a row"):
+    with pytest.raises(DataError, match="bad samples in a row"):
         next(m.batches(0))
 
 

@@ -20,6 +20,7 @@ from clippo.data.text_pairs import (
     read_documents,
     read_lines,
 )
+from clippo.errors import DataError
 
 CORPUS = """First doc one. First doc two. First doc three.
 First doc four, wrapped
@@ -201,3 +202,17 @@ def test_corpus_is_shard_aware_and_deterministic(tmp_path):
     assert sorted(parts[0] + parts[1]) == every
     assert _stream(src, 0, 2, 8) == parts[0]  # same seed, same order
     assert _stream(src, 0, 2, 8, seed=1) != parts[0]
+
+
+def test_a_truncated_or_damaged_gz_corpus_is_an_error_naming_the_file(tmp_path):
+    whole = gzip.compress(("One sentence. Another one.\n\n" * 200).encode())
+    cut = tmp_path / "cut.txt.gz"
+    cut.write_bytes(whole[: len(whole) // 2])  # a download that stopped half way
+    with pytest.raises(DataError, match=f"{cut}: truncated or damaged gzip file"):
+        read_lines(cut)
+    with pytest.raises(DataError, match=f"{cut}: truncated or damaged gzip file"):
+        read_documents(str(cut))
+    garbage = tmp_path / "garbage.jsonl.gz"
+    garbage.write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match=f"{garbage}: truncated or damaged gzip file"):
+        read_documents(str(garbage))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -170,3 +171,22 @@ def test_train_stops_before_training_on_bad_eval_data(tmp_path, capsys):
     assert main(["train", str(toml), *[a for s in sets for a in ("--set", s)]]) == 2
     assert "nope.csv" in capsys.readouterr().err
     assert not run.exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("batch_size", 0, "batch_size must be > 0, got 0"),
+        ("batch_size", True, "batch_size must be an integer, got True"),
+        ("batch_size", 2.5, "batch_size must be an integer, got 2.5"),
+        ("max_examples", -1, "max_examples must be >= 0 (0: all), got -1"),
+    ],
+)
+def test_eval_spec_checks_its_sizes_and_counts(field, value, message):
+    from clippo.eval.spec import EvalSpec, specs_from_tables
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        EvalSpec("retrieval", "pairs.csv", **{field: value})
+    if not isinstance(value, bool | float):  # from a table the type check names the key first
+        with pytest.raises(ValueError, match=re.escape(f"eval.0.{message}")):
+            specs_from_tables([{"kind": "retrieval", "path": "p.csv", field: value}])

@@ -11,15 +11,19 @@ import pytest
 from PIL import Image
 
 from clippo.data.images import decode_image
+from clippo.errors import DataError
 from clippo.eval.datasets import (
     CaptionedImages,
     evenly_spaced,
     load_images,
     read_cifar100,
+    read_class_names,
     read_imagefolder,
     read_pairs,
     read_templates,
 )
+from clippo.eval.spec import EvalSpec
+from clippo.eval.suites import resolve_prompts
 from clippo.preprocess import resize_uint8
 
 
@@ -202,3 +206,31 @@ def test_read_templates(tmp_path):
     (tmp_path / "empty.txt").write_text("\n")
     with pytest.raises(ValueError, match="no templates"):
         read_templates(tmp_path / "empty.txt")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "line"),
+    [
+        ("pairs.csv", b"image,caption\nx.png,ok\ny.png,caf\xe9\n", 3),  # Latin-1, not UTF-8
+        ("pairs.tsv", b"image\tcaption\n\xff\xfe.png\thi\n", 2),
+        ("pairs.jsonl", b'{"image": "x", "caption": "y"}\n\n{"image": "\xe9"}\n', 3),
+    ],
+)
+def test_a_non_utf8_pairs_file_names_file_and_line(tmp_path, name, content, line):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(DataError, match=f"{tmp_path / name}:{line}: not valid UTF-8"):
+        read_pairs(tmp_path / name)
+
+
+def test_a_non_utf8_templates_or_class_names_file_names_file_and_line(tmp_path):
+    templates = tmp_path / "templates.txt"
+    templates.write_bytes(b"a photo of a {}.\n\na caf\xe9 with a {}.\n")
+    with pytest.raises(DataError, match=f"{templates}:3: not valid UTF-8"):
+        read_templates(templates)
+    # as `clippo eval zeroshot --templates FILE` reaches it
+    with pytest.raises(DataError, match=f"{templates}:3: not valid UTF-8"):
+        resolve_prompts(EvalSpec("zeroshot", "x", templates=str(templates)), ("cat",))
+    names = tmp_path / "names.txt"
+    names.write_bytes(b"cat\n\x80dog\n")
+    with pytest.raises(DataError, match=f"{names}:2: not valid UTF-8"):
+        read_class_names(names)

@@ -15,7 +15,7 @@ import torch
 
 import clippo
 from clippo.cli import main as cli_main
-from clippo.model.checkpoint import CheckpointError, load_image_init
+from clippo.model.checkpoint import CheckpointError, convert, load_image_init, load_npz
 from clippo.model.one_tower import CLIPPO
 
 # ---- a big_vision ViT written out in numpy (flax semantics), independent of the port -------------
@@ -379,6 +379,68 @@ def test_convert_cli_round_trip(tmp_path, params_npz, noise_images, capsys):
     assert cli_main(["convert", str(params_npz), str(out)]) == 1  # refuses to overwrite
     assert cli_main(["convert", str(params_npz), str(out), "--force"]) == 0
     assert cli_main(["convert", str(tmp_path / "missing.npz"), str(tmp_path / "x")]) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.bool, torch.int64])
+def test_integer_or_bool_safetensors_weights_are_refused_naming_every_key(
+    tmp_path, fixture_model, dtype
+):
+    # cast to float32 they loaded silently as nonsense (the .npz reader already refused int32)
+    from safetensors.torch import save_file
+
+    d = tmp_path / "m"
+    fixture_model.save(d)
+    state = {k: v.contiguous() for k, v in fixture_model.state_dict().items()}
+    for key in ("head.bias", "t"):
+        state[key] = torch.ones_like(state[key], dtype=dtype)
+    save_file(state, str(d / "model.safetensors"))
+    with pytest.raises(CheckpointError) as info:
+        clippo.load(d)
+    kind = str(dtype)
+    assert "model.safetensors: weights must be floating-point tensors" in str(info.value)
+    assert f"head.bias ({kind})" in str(info.value) and f"t ({kind})" in str(info.value)
+    # bfloat16 and float16 weights are floating point: they load (as float32)
+    state = {k: v.to(torch.bfloat16).contiguous() for k, v in fixture_model.state_dict().items()}
+    save_file(state, str(d / "model.safetensors"))
+    assert next(clippo.load(d).parameters()).dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        # was "'<' not supported between instances of 'str' and 'int'", naming no key
+        ({"render": {"max_chars": "80"}}, "model.render.max_chars: expected an integer, got '80'"),
+        ({"render": {"lower": "false"}}, "model.render.lower: expected true or false"),
+        ({"vit": {"width": 64.0}}, "model.vit.width: expected an integer, got 64.0"),
+        ({"vit": {"num_heads": 3}}, "model.vit.width 64 is not divisible by num_heads 3"),
+        ({"out_dim": True}, "model.out_dim: expected an integer, got True"),
+        ({"temperature_init": float("inf")}, "model.temperature_init must be finite and > 0"),
+        ({"render": {"bogus": 1}}, "unknown key 'model.render.bogus'"),
+    ],
+)
+def test_model_config_errors_name_the_dotted_key(tmp_path, fixture_model, change, message):
+    d = tmp_path / "m"
+    fixture_model.save(d)
+    meta = json.loads((d / "config.json").read_text())
+    model = meta["model"]
+    for key, value in change.items():
+        model[key] = {**model[key], **value} if isinstance(value, dict) else value
+    (d / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError) as info:
+        clippo.load(d)
+    assert str(info.value).startswith(f"{d / 'config.json'}: bad model config: ")
+    assert message in str(info.value)
+
+
+def test_convert_checks_the_output_before_loading(tmp_path, params_npz):
+    taken = tmp_path / "taken"
+    taken.write_bytes(b"keep")
+    with pytest.raises(FileExistsError, match=f"{taken} exists and is a file"):
+        # the input need not even exist: the output is checked first
+        convert(tmp_path / "missing.npz", taken)
+    assert taken.read_bytes() == b"keep"
+    with pytest.raises(IsADirectoryError, match=f"{tmp_path} is a folder, not a big_vision"):
+        load_npz(tmp_path)
 
 
 # ---- ImageNet-21k AugReg starting weights ---------------------------------------------------------

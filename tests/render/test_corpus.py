@@ -23,7 +23,7 @@ from clippo.render.corpus import (
     preview_texts,
     render_corpus,
 )
-from clippo.render.corpus_io import BadRow, coerce_text, open_reader
+from clippo.render.corpus_io import BadRow, CorpusWarning, coerce_text, open_reader
 from clippo.render.preview import image_grid
 from clippo.render.shards import KEY_DIGITS, _ustar_header
 
@@ -212,7 +212,9 @@ def test_tar_members_png_txt_json(tmp_path):
             "kind": "rendered-text",
             "render": cfg.to_dict(),
         }
-    assert not list((tmp_path / "out").glob("*.tmp"))
+    assert not list((tmp_path / "out").glob("*.tmp")) and not list(
+        (tmp_path / "out").glob(".*.tmp")
+    )
 
 
 def test_tar_bytes_equal_tarfile_reference(tmp_path):
@@ -284,24 +286,26 @@ def test_two_jobs_cover_all_rows_exactly_once(tmp_path):
     )
 
 
-def test_resume_skips_finished_and_rewrites_partial(tmp_path):
+def test_resume_skips_finished_and_rewrites_partial(tmp_path, capsys):
     texts = [f"row {i}" for i in range(10)]
     p = write_text(tmp_path / "c.txt", texts)
     out = tmp_path / "out"
     run(p, out, rows_per_shard=3)
-    last = out / "shard-000003.tar"
-    original = last.read_bytes()
-    # a crash mid-shard: the last shard only exists as a partial .tmp
-    last.unlink()
-    (out / "shard-000003.tar.tmp").write_bytes(b"partial garbage")
-    # finished shards are never re-read or rewritten: mark one to prove it is left alone
-    (out / "shard-000000.tar").write_bytes(b"sentinel")
+    shards = sorted(out.glob("shard-0*.tar"))
+    original = [s.read_bytes() for s in shards]
+    # a crash mid-shard: the last shard only exists as a partial temporary file
+    shards[3].unlink()
+    (out / ".shard-000003.tar.k1l2m3n4.tmp").write_bytes(b"partial garbage")
+    # a finished, verified shard is never rewritten: same inode and mtime afterwards
+    before = shards[1].stat()
     summary = run(p, out, rows_per_shard=3)
     assert summary.shards_skipped == 3 and summary.shards_written == 1
     assert summary.rows == summary.rows_written == 1
-    assert last.read_bytes() == original
-    assert (out / "shard-000000.tar").read_bytes() == b"sentinel"
-    assert not list(out.glob("*.tmp"))
+    assert [s.read_bytes() for s in shards] == original
+    after = shards[1].stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+    assert "rendering it again" not in capsys.readouterr().err
 
 
 def test_resume_refuses_other_settings(tmp_path):
@@ -374,7 +378,8 @@ def test_bad_rows_text_csv_parquet(tmp_path):
     s = run(tmp_path / "c.txt", tmp_path / "o1")
     assert [(r.row, r.reason) for r in s.skipped_rows] == [(1, "undecodable UTF-8 at byte 4")]
     (tmp_path / "c.csv").write_bytes(b'id,text\n0,fine\n1\n2,"multi\nline"\n3,bad \xff\n')
-    s = run(CorpusSource(str(tmp_path / "c.csv")), tmp_path / "o2")
+    with pytest.warns(CorpusWarning, match=r"c\.csv: lines 4-5 are one record"):
+        s = run(CorpusSource(str(tmp_path / "c.csv")), tmp_path / "o2")
     assert [(r.row, r.reason) for r in s.skipped_rows] == [
         (1, "missing column 'text' (1 fields)"),
         (3, "undecodable UTF-8"),

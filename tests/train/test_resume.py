@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from clippo.train import Trainer, train
+from clippo.train.ckpt_files import MANIFEST_FILE, DamagedCheckpointError, load_state
 from clippo.train.config import (
     CheckpointConfig,
     ConfigError,
@@ -230,14 +231,16 @@ def test_latest_checkpoint_skips_incomplete_and_temp_dirs(tmp_path):
     assert resolve_resume("", tmp_path) is None
     fake_save(tmp_path, 2)
     fake_save(tmp_path, 4)
-    # a writer killed mid-checkpoint leaves a temp dir; a step dir without the state file is not
+    # a writer killed mid-checkpoint leaves a temp dir; a step dir without a manifest is not
     # complete (written by something else): neither may be picked
     (tmp_path / "checkpoints" / ".tmp-step_000000006-abc").mkdir()
     checkpoint_dir(tmp_path, 8).mkdir()
     assert latest_checkpoint(tmp_path) == checkpoint_dir(tmp_path, 4)
     assert resolve_resume("auto", tmp_path) == checkpoint_dir(tmp_path, 4)
-    with pytest.raises(FileNotFoundError, match="not a complete training checkpoint"):
+    with pytest.raises(DamagedCheckpointError, match=f"step_000000008: {MANIFEST_FILE} is missing"):
         resolve_resume(str(checkpoint_dir(tmp_path, 8)), tmp_path)
+    with pytest.raises(FileNotFoundError, match="no such checkpoint folder"):
+        resolve_resume(str(tmp_path / "nowhere"), tmp_path)
     # the next save cleans up the stale temp dir
     fake_save(tmp_path, 10)
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
@@ -345,7 +348,7 @@ def test_the_bias_is_saved_beside_the_model_and_restored_from_there(tmp_path):
     full, middle = _sigmoid_run(tmp_path)
     saved = load_file(str(middle / LOSS_FILE))
     assert list(saved) == ["logit_bias"] and saved["logit_bias"].item() != SIGLIP_BIAS_INIT
-    assert "logit_bias" not in torch.load(middle / "optimizer.pt", weights_only=False)
+    assert "logit_bias" not in load_state(middle, "optimizer")
     # the bias is the loss module's only; the optimiser has it in its own group, without decay
     trainer = Trainer(_resume_into(full, middle, tmp_path / "again"), _pairs(), [], None)
     own = [n for n, _ in trainer.core.named_parameters() if not n.startswith("model.")]
@@ -356,21 +359,34 @@ def test_the_bias_is_saved_beside_the_model_and_restored_from_there(tmp_path):
     assert group["params"] == [trainer.core.loss.logit_bias]
 
 
+def to_legacy_layout(ckpt: Path) -> dict[str, Any]:
+    """Rewrite a checkpoint in the layout written before the manifest: its optimiser and RNG
+    state pickled in optimizer.pt by torch.save, no optimizer.{safetensors,json}, no manifest.
+    Returns what was pickled."""
+    optim = load_state(ckpt, "optimizer")
+    torch.save(optim, ckpt / "optimizer.pt")
+    for name in ("optimizer.safetensors", "optimizer.json", MANIFEST_FILE):
+        (ckpt / name).unlink()
+    return optim
+
+
 def test_a_checkpoint_with_the_bias_in_optimizer_pt_still_resumes(tmp_path):
     """Checkpoints written before loss.safetensors kept the bias in optimizer.pt as
-    "logit_bias": rewritten into that form, the middle checkpoint resumes to the same end."""
+    "logit_bias": rewritten into that form, the middle checkpoint resumes to the same end (with
+    the legacy opt-in: optimizer.pt is a pickle)."""
     full, middle = _sigmoid_run(tmp_path)
     old = tmp_path / "old" / "checkpoints" / middle.name
     shutil.copytree(middle, old)
-    optim = torch.load(old / "optimizer.pt", weights_only=False)
+    optim = to_legacy_layout(old)
     optim["logit_bias"] = load_file(str(old / LOSS_FILE))["logit_bias"]
     torch.save(optim, old / "optimizer.pt")
     (old / LOSS_FILE).unlink()
 
-    restored = load_checkpoint(old)
+    restored = load_checkpoint(old, allow_legacy_pickle=True)
     assert torch.equal(restored.loss["logit_bias"], optim["logit_bias"])
     assert "logit_bias" not in restored.optim
-    train(_resume_into(full, old, tmp_path / "again"), data=_pairs())
+    cfg = _resume_into(full, old, tmp_path / "again")
+    train(cfg, data=_pairs(), allow_legacy_pickle=True)
     assert_same_weights(checkpoint_dir(tmp_path / "again", 4), checkpoint_dir(tmp_path / "full", 4))
 
 
@@ -385,10 +401,11 @@ def test_an_old_sharded_optimizer_state_names_the_bias_as_the_loss_does(tmp_path
             {"name": "loss_bias", "params": ["logit_bias"]},
         ],
     }
+    to_legacy_layout(ckpt)
     torch.save(
         {"optimizer": osd, "rng": {}, "logit_bias": torch.tensor([-7.0])}, ckpt / "optimizer.pt"
     )
-    restored = load_checkpoint(ckpt)
+    restored = load_checkpoint(ckpt, allow_legacy_pickle=True)
     assert list(restored.loss) == ["logit_bias"]
     assert torch.equal(restored.loss["logit_bias"], torch.tensor([-7.0]))
     assert list(restored.optim["optimizer"]["state"]) == ["model.t", "loss.logit_bias"]
@@ -418,7 +435,7 @@ def test_checkpoints_are_shared_readable_like_every_written_file(tmp_path):
         keep_last=1,
     )
     assert path.stat().st_mode & 0o777 == 0o755  # not mkdtemp's 0700
-    for name in ("model.safetensors", "config.json", STATE_FILE):  # not 0600
+    for name in ("model.safetensors", "config.json", STATE_FILE, "optimizer.safetensors"):
         assert (path / name).stat().st_mode & 0o777 == 0o644, name
 
 

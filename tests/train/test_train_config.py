@@ -99,6 +99,21 @@ def test_set_overrides_are_typed():
         ("optim.name=sgd", "sgd"),
         ("loop.batch_size=0", "loop.batch_size must be > 0"),
         ("loop.accum_steps=3", "not divisible by loop.accum_steps"),
+        # NaN and inf passed the "< 0" checks
+        ("loop.clip_grad_norm=nan", "loop.clip_grad_norm must be >= 0, got nan"),
+        ("data.image_text.0.weight=inf", "data.image_text.0.weight must be > 0, got inf"),
+        ("data.image_text.0.weight=nan", "data.image_text.0.weight must be > 0, got nan"),
+        ("model.temperature_init=inf", "model.temperature_init must be finite and > 0"),
+        # counts the data loader or the mixer rejected later, naming no key
+        ("data.num_workers=-1", "data.num_workers must be >= 0, got -1"),
+        ("data.prefetch_factor=0", "data.prefetch_factor must be > 0, got 0"),
+        ("loop.seed=-1", "loop.seed must be >= 0, got -1"),
+        # an out_dim of 0 silently became the width
+        ("model.out_dim=0", "model.out_dim must be a positive int, got 0"),
+        # the tower's own checks name the model section's key
+        ("model.width=129", "model.width 129 is not divisible by num_heads 2"),
+        ("model.depth=0", "model.depth must be a positive int, got 0"),
+        ("model.image_size=100", "model.image_size 100 is not a multiple of patch_size 16"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):
@@ -172,3 +187,10 @@ def test_python_m_clippo_runs_the_cli():
         check=True,
     )
     assert json.loads(out.stdout)["loop"]["steps"] > 0
+
+
+def test_a_non_utf8_toml_is_a_config_error_naming_file_and_line(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'[loop]\nsteps = 5\n[logging]\nrun_dir = "runs/caf\xe9"\n')
+    with pytest.raises(ConfigError, match=f"{path}:4: not valid UTF-8"):
+        load_train_config(path)
