@@ -12,8 +12,9 @@ submission (AX by the MNLI head).
 
 Returns the `results.json` body: `metrics.<name>.{seeds, mean, std}` for every evaluated entry
 (`mnli_m`, `mnli_mm`, ...), `metrics.average_clippo` / `metrics.average_glue` (null, with the
-missing entries listed, unless every task they need was run), and per task the rows, the
-skipped bad lines and each seed's selection.
+missing entries listed under `averages`, unless every task they need was run),
+`baseline.majority.<name>` (the most frequent train label predicted for every row), and per
+task the rows, the skipped bad lines and each seed's selection.
 """
 
 from __future__ import annotations
@@ -133,6 +134,15 @@ def _predictions(task: GlueTask, scores: np.ndarray) -> np.ndarray:
     return scores if task.kind == "regression" else scores.argmax(-1)
 
 
+def _majority(task: GlueTask, y_train: np.ndarray, n: int) -> np.ndarray:
+    """The majority baseline's predictions: the most frequent train class (the first of equal
+    counts), or the train mean for STS-B (whose correlations are then undefined: NaN)."""
+    if task.kind == "regression":
+        return np.full(n, float(y_train.mean()), np.float32)
+    counts = np.bincount(y_train, minlength=len(task.labels))
+    return np.full(n, int(counts.argmax()), np.int64)
+
+
 def _fit(task: GlueTask, x: np.ndarray, y: np.ndarray, head: HeadConfig, seed: int) -> FittedHead:
     kind: HeadKind = "regression" if task.kind == "regression" else "classification"
     config = dataclasses.replace(head, kind=kind)
@@ -175,6 +185,7 @@ def run_glue(
         )
 
     metrics: dict[str, Any] = {}
+    baseline: dict[str, dict[str, float]] = {}
     tasks: dict[str, Any] = {}
     test_results: list[tuple[GlueSplit, list[int | float]]] = []
     for name in options.tasks:
@@ -196,6 +207,9 @@ def run_glue(
                 if seed == 0:
                     path = out / PREDICTIONS / predictions_filename(entry, split.split)
                     write_predictions(split, pred.tolist(), path)
+        for entry, split in devs:
+            majority = _majority(task, y_train, len(split.examples))
+            baseline[entry] = task_metrics(entry, majority, _labels(split, task))
         for entry, per_seed in per_entry.items():
             metrics[entry] = _summary(per_seed)
             shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics[entry]["mean"].items())
@@ -220,22 +234,30 @@ def run_glue(
         avg = average(means)
         metrics[label] = avg.value
         averages[label] = {"missing": list(avg.missing), "parts": dict(avg.parts)}
-    result: dict[str, Any] = {"metrics": metrics, "averages": averages, "tasks": tasks}
+    result: dict[str, Any] = {
+        "metrics": metrics,
+        "averages": averages,
+        "baseline": {"majority": baseline},
+        "tasks": tasks,
+    }
     if test_results:
         result["submission"] = str(write_submission(out / SUBMISSION, test_results))
     return result
 
 
-def table_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Rows for `format_table`: one per evaluated entry (mean ± std over seeds, x100 as papers
-    print them), then the two averages."""
+    print them, the majority baseline in brackets), then the two averages."""
+    metrics, baseline = result["metrics"], result["baseline"]["majority"]
     rows: list[dict[str, Any]] = []
     for entry, m in metrics.items():
         if not isinstance(m, dict):
             continue
         row: dict[str, Any] = {"task": entry}
         for k, v in m["mean"].items():
-            row[k] = f"{100 * v:.1f} ± {100 * m['std'][k]:.1f}"
+            base = baseline[entry][k]
+            shown = "n/a" if base != base else f"{100 * base:.1f}"  # NaN: undefined
+            row[k] = f"{100 * v:.1f} ± {100 * m['std'][k]:.1f} (majority {shown})"
         rows.append(row)
     for label, name in (("average_clippo", "CLIPPO/PIXEL avg"), ("average_glue", "GLUE avg")):
         v = metrics.get(label)

@@ -1,8 +1,12 @@
-"""`clippo eval`: zero-shot classification or image<->text retrieval with a CLIPPO model.
+"""`clippo eval`: zero-shot classification, image<->text retrieval, GLUE and VQA.
 
   clippo eval --model clippo_b16_yfcc100m.npz --out runs/eval retrieval --pairs coco_test.csv
   clippo eval --model run/ckpt --out runs/eval zeroshot --cifar100 cifar-100-binary
   clippo eval --model run/ckpt --out runs/eval zeroshot --imagefolder pets/test --templates my.txt
+  clippo eval --model clippo_b16_c4.npz --out runs/glue glue --data-dir glue_data --tasks all
+  clippo eval --model run/ckpt --out runs/vqa vqa --data-dir vqav2 --eval-split val2014
+
+GLUE and VQA train heads on frozen features (`clippo/commands/eval_transfer.py`).
 
 Writes OUT/results.json (metrics, the model path and every resolved option), prints a table, and
 for retrieval writes OUT/retrieval_examples.png. Images are preprocessed as big_vision does
@@ -17,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from clippo.commands.args import nonnegative_int, positive_int, resolve_device
+from clippo.commands.eval_transfer import add_glue, add_vqa
 
 RESULTS = "results.json"
 EXAMPLES_PNG = "retrieval_examples.png"
@@ -39,7 +44,8 @@ def _common(p: argparse.ArgumentParser, defaults: bool) -> None:
         "--max-examples",
         type=nonnegative_int,
         default=d(0),
-        help="evaluate N evenly spaced images (0: all)",
+        help="0: all. retrieval/zeroshot: N evenly spaced images; glue/vqa: the first N train "
+        "rows and the first N rows of each evaluated split",
     )
     p.add_argument(
         "--num-workers", type=nonnegative_int, default=d(4), help="image decoding threads"
@@ -138,7 +144,7 @@ def _run(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "eval",
-        help="zero-shot classification or image/text retrieval",
+        help="zero-shot classification, image/text retrieval, GLUE, VQA",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -175,4 +181,7 @@ def register(subparsers: Any) -> None:
     )
     z.add_argument("--class-names", help="file of class names, one per line, in label order")
     z.add_argument("--split", default="test", help="CIFAR-100 split file (test -> test.bin)")
-    p.set_defaults(func=_run)
+    r.set_defaults(func=_run)
+    z.set_defaults(func=_run)
+    add_glue(suites, _common)
+    add_vqa(suites, _common)
