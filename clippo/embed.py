@@ -51,7 +51,9 @@ def _check_batch_size(batch_size: int) -> None:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
-def _autocast(device: torch.device, bf16: bool) -> torch.autocast:
+def autocast(device: torch.device, bf16: bool) -> torch.autocast:
+    """bfloat16 autocast on `device` when `bf16`, else a no-op (the encoders' inference mode here
+    and in `clippo.eval.features`)."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
@@ -102,7 +104,7 @@ def embed_images(
             skipped += [(id_of[p], a) for p, a in zip(batch, loaded) if isinstance(a, str)]
             if good:
                 pixels = images_to_pixels([a for _, a in good]).to(device)
-                with _autocast(device, bf16):
+                with autocast(device, bf16):
                     vectors.append(model.encode_images(pixels).float().cpu().numpy())
                 kept += [id_of[p] for p, _ in good]
             bar.update(len(batch))
@@ -139,7 +141,7 @@ def embed_texts(
     with tqdm(total=len(texts), desc="texts", unit="text", disable=not progress) as bar:
         for i in range(0, len(texts), batch_size):
             chunk = list(texts[i : i + batch_size])
-            with _autocast(device, bf16):
+            with autocast(device, bf16):
                 vectors.append(model.encode(model.render_texts(chunk)).float().cpu().numpy())
             bar.update(len(chunk))
     out = np.concatenate(vectors) if vectors else np.zeros((0, model.config.out_dim), np.float32)

@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from clippo.atomic import atomic_path, write_json_atomic
-from clippo.embed import _autocast
+from clippo.embed import autocast
 from clippo.model.one_tower import CLIPPO
 from clippo.preprocess import images_to_pixels
 
@@ -203,7 +203,7 @@ def _run(
                     f"{desc}: to_images returned {images.dtype} {list(images.shape)} for items "
                     f"{lo}..{lo + n - 1}; expected uint8 [{n}, {size}, {size}, 3]"
                 )
-            with _autocast(device, bf16):
+            with autocast(device, bf16):
                 z = model.pooled(images_to_pixels(images).to(device))
             out.append(z.float().cpu().numpy())
             bar.update(n)

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
 
+from clippo.errors import DataError
+
 INPUT_FORMATS = ("text", "jsonl", "csv", "tsv", "parquet", "dataset")
 _SUFFIX_FORMATS = {
     ".txt": "text",
@@ -46,8 +48,9 @@ _LINE_FORMATS = ("text", "jsonl")
 _MAX_SPAN_WARNINGS = 5  # multi-line CSV records listed one by one; the rest are counted
 
 
-class CorpusError(ValueError):
-    """A corpus file that cannot be read; the message names the file (and line where known)."""
+class CorpusError(DataError):
+    """A corpus file that cannot be read; the message names the file (and line where known).
+    A DataError (so a ValueError), the project's type for bad data."""
 
 
 class CorpusWarning(UserWarning):

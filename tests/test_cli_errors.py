@@ -125,11 +125,8 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
 def test_a_non_utf8_toml_names_the_file_and_line(tmp_path, capsys):
     toml = tmp_path / "run.toml"
     toml.write_bytes(b"[loop]\nsteps = 10\n# caf\xe9\n")
-    rc = main(["train", str(toml)])
-    assert rc != 0  # `clippo train` reports config errors itself (exit 2)
-    err = capsys.readouterr().err
-    assert f"{toml}:3: not valid UTF-8" in err and "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1
+    assert main(["train", str(toml)]) == 1
+    assert f"{toml}:3: not valid UTF-8" in error_line(capsys, "train")
 
 
 def _corrupt_shards_config(tmp_path: Path, num_workers: int) -> Path:
@@ -265,3 +262,68 @@ def test_embed_library_refuses_a_batch_size_below_one(tmp_path):
             embed_texts(model, ["a", "b", "c"], batch_size=bad, progress=False)
         with pytest.raises(ValueError, match="batch_size must be a positive integer"):
             embed_images(model, [tmp_path / "x.png"], batch_size=bad, progress=False)
+
+
+# ---- commands that used to print their own errors (exit 2) ---------------------------------------
+
+# the demo preset, shrunk to a few seconds on a CPU
+TINY_TRAIN = [
+    "loop.steps=3",
+    "loop.batch_size=4",
+    "loop.precision=fp32",
+    "model.image_size=32",
+    "schedule.kind=constant",
+    "schedule.warmup_steps=0",
+    "data.num_workers=0",
+    "checkpoint.every_steps=0",
+    "logging.progress=false",
+    "logging.tensorboard=false",
+    "logging.loss_png=false",
+]
+
+
+def test_a_diverged_training_run_is_one_line(tmp_path, capsys):
+    from clippo.train import NonFiniteLossError
+
+    sets = [*TINY_TRAIN, f'logging.run_dir="{tmp_path / "run"}"', "optim.lr=1e30"]
+    argv = ["train", "demo", *[a for s in sets for a in ("--set", s)]]
+    assert main(argv) == 1
+    line = error_line(capsys, "train")
+    assert line.startswith("clippo train: error: non-finite loss (nan) at step "), line
+    assert line.endswith("the last good checkpoint is kept (--debug for the traceback)"), line
+    with pytest.raises(ValueError, match="non-finite loss") as info:  # the library's own error,
+        main([*argv, "--debug"])  # chained for --debug
+    assert isinstance(info.value.__cause__, NonFiniteLossError)
+
+
+def test_a_bad_train_override_is_one_line_naming_the_key(capsys):
+    assert main(["train", "demo", "--print-config", "--set", "optim.lr=inf"]) == 1
+    line = error_line(capsys, "train")
+    assert line.startswith("clippo train: error: optim.lr must be finite and > 0, got inf"), line
+
+
+def test_render_preview_errors(tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert main(["render", str(empty), "--preview", "3", str(tmp_path / "p.png")]) == 1
+    assert f"{empty}: no renderable texts" in error_line(capsys, "render")
+    assert not (tmp_path / "p.png").exists()
+    for argv in (["render", str(empty), "--preview", "x", "p.png"], ["render", str(empty)]):
+        with pytest.raises(SystemExit) as info:  # usage errors: argparse's format and exit 2
+            main(argv)
+        assert info.value.code == 2
+        assert "clippo render: error: " in capsys.readouterr().err
+
+
+def test_a_bad_corpus_is_a_data_error_and_one_line(tmp_path, capsys):
+    import gzip
+
+    from clippo.errors import DataError
+    from clippo.render.corpus_io import CorpusSource, open_reader
+
+    corpus = tmp_path / "c.txt.gz"
+    corpus.write_bytes(gzip.compress(b"some text\n" * 5000)[:-40])
+    with pytest.raises(DataError, match=r"c\.txt\.gz: truncated or corrupt gzip"):
+        list(open_reader(CorpusSource(str(corpus))).rows())
+    assert main(["render", str(corpus), str(tmp_path / "out"), "--no-progress"]) == 1
+    assert "c.txt.gz: truncated or corrupt gzip" in error_line(capsys, "render")

@@ -11,10 +11,11 @@ ConfigError/CheckpointError whose message names the changed key. Never any other
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
-from typing import Any
+from typing import Any, get_args, get_origin, get_type_hints
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -26,6 +27,8 @@ from clippo.model.checkpoint import read_config
 from clippo.model.config import ModelConfig
 from clippo.model.files import CONFIG_FILE, FORMAT, FORMAT_VERSION
 from clippo.train.config import load_train_config, preset
+from clippo.train.optim import OptimConfig
+from clippo.train.schedule import ScheduleConfig
 from clippo.typed_config import ConfigError, to_plain
 
 Path_ = tuple[str | int, ...]
@@ -273,6 +276,68 @@ def test_train_toml_fuzz(tmp_path, case):
     def load() -> dict[str, Any]:
         cfg = load_train_config(toml)
         specs = specs_from_tables(cfg.eval)  # as `clippo train` reads its [[eval]] tables
+        for section in ("optim", "schedule"):  # a NaN or inf there must not load
+            _finite_numbers(cfg.to_dict()[section], section)
         return {"preset": doc.get("preset"), **cfg.to_dict(), "eval": to_plain(specs)}
 
     check(load, doc, path, kind, prefix=f"{toml}: ")
+
+
+# ---- [optim] and [schedule] numbers ------------------------------------------------------------
+
+# Every float of these sections: none may be NaN or infinite, none negative (a negative
+# decay_rate is Hugging Face's sign convention, not big_vision's; a negative shift, linear_end or
+# power breaks the [0, 1] multiplier). Found from the annotations, so a new field is covered too.
+NUMBER_FIELDS = [
+    (section, f"{f.name}.{i}" if get_origin(tp) is tuple else f.name)
+    for section, cls in (("optim", OptimConfig), ("schedule", ScheduleConfig))
+    for f in dataclasses.fields(cls)
+    for tp in [get_type_hints(cls)[f.name]]
+    if float in (get_args(tp) or (tp,))
+    for i in range(len(get_args(tp)) if get_origin(tp) is tuple else 1)
+]
+
+
+def test_the_number_fields_are_found():
+    assert set(NUMBER_FIELDS) == {
+        *[("optim", k) for k in ("lr", "wd", "decay_rate", "beta2_cap", "momentum", "eps")],
+        *[("optim", k) for k in ("clipping_threshold", "betas.0", "betas.1", "adam_eps")],
+        *[("schedule", k) for k in ("timescale", "shift", "linear_end", "power")],
+    }
+
+
+def _finite_numbers(section: dict[str, Any], where: str) -> None:
+    for key, value in section.items():
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            assert not isinstance(v, float) or math.isfinite(v), f"{where}.{key} = {v} accepted"
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    field=st.sampled_from(NUMBER_FIELDS),
+    value=st.sampled_from([math.nan, math.inf, -math.inf, -1.0, -1e-9])
+    | st.floats(max_value=-5e-324),  # any negative number (not -0.0, which is 0)
+    how=st.sampled_from(["toml", "--set"]),
+)
+def test_optim_and_schedule_refuse_nan_inf_and_negative_numbers(tmp_path, field, value, how):
+    section, name = field
+    doc = json.loads(json.dumps(TRAIN_DOC))  # a deep copy
+    key, _, index = name.partition(".")
+    if index:
+        doc[section][key][int(index)] = value
+    else:
+        doc[section][key] = value
+    toml = tmp_path / "run.toml"
+    overrides = []
+    if how == "toml":
+        toml.write_text(to_toml(doc), encoding="utf-8")
+    else:
+        toml.write_text(to_toml(TRAIN_DOC), encoding="utf-8")
+        overrides = [f"{section}.{key}={_toml_value(doc[section][key])}"]
+    with pytest.raises(ConfigError) as info:
+        load_train_config(toml, overrides)
+    # the message starts with the dotted key (after the file name or the --set item)
+    assert re.search(rf"(^|: ){re.escape(section)}\.{re.escape(name)} must be ", str(info.value))

@@ -1,12 +1,13 @@
 """The layering, walked from the source: every `import` statement counts, function-local and
 `TYPE_CHECKING` ones included.
 
-    render (+ clippo.fonts, clippo.atomic)  <-  model  <-  data  <-  train / embed  <-  eval
-        <-  commands (clippo.commands, clippo.cli, clippo.__main__)
+    render (+ clippo.fonts, clippo.atomic, clippo.errors)  <-  model  <-  data  <-  train / embed
+        <-  eval  <-  commands (clippo.commands, clippo.cli, clippo.__main__)
 
-`clippo.atomic` is the one clippo module the renderer may use besides the fonts: stdlib-only
-atomic file writes. The stdlib-only helpers `clippo.typed_config`, `clippo.registry` and
-`clippo.errors` sit below everything except the renderer.
+`clippo.atomic` (stdlib-only atomic file writes) and `clippo.errors` (the stdlib-only DataError
+that the corpus reader's errors subclass) are the clippo modules the renderer may use besides
+the fonts. The stdlib-only helpers `clippo.typed_config` and `clippo.registry` sit below
+everything except the renderer; `clippo.errors` below everything.
 """
 
 from __future__ import annotations
@@ -103,8 +104,8 @@ def _violations(rule) -> list[str]:
     return found
 
 
-def test_render_imports_only_fonts_and_atomic():
-    allowed = ("clippo.render", "clippo.fonts", "clippo.atomic")
+def test_render_imports_only_fonts_atomic_and_errors():
+    allowed = ("clippo.render", "clippo.fonts", "clippo.atomic", "clippo.errors")
     assert _violations(lambda m, t: _within(m, "clippo.render") and not _within(t, allowed)) == []
 
 

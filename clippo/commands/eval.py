@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from clippo.commands.args import nonnegative_int, positive_int, resolve_device
-from clippo.commands.eval_transfer import add_glue, add_vqa
+from clippo.commands.eval_transfer import add_glue, add_vqa, missing_required
 
 RESULTS = "results.json"
 EXAMPLES_PNG = "retrieval_examples.png"
@@ -93,15 +93,9 @@ def _table(kind: str, m: dict[str, Any]) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    for flag in ("model", "out"):
-        if getattr(args, flag) is None:
-            print(f"error: clippo eval needs --{flag}", file=sys.stderr)
-            return 2
-    try:
-        spec = _spec(args)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+    if missing_required(args):
         return 2
+    spec = _spec(args)  # a bad option value raises: clippo.cli prints it as one line
 
     import clippo
     from clippo.atomic import write_json_atomic

@@ -69,14 +69,23 @@ def add_vqa(suites: Any, common: Any) -> None:
     v.set_defaults(func=_run_vqa)
 
 
+def missing_required(args: argparse.Namespace) -> bool:
+    """--model and --out may come before or after the suite name, so argparse cannot require
+    them; report a missing one as argparse does (exit status 2 is the caller's)."""
+    missing = [f"--{flag}" for flag in ("model", "out") if getattr(args, flag) is None]
+    if missing:
+        print(
+            f"clippo eval: error: the following arguments are required: {', '.join(missing)}",
+            file=sys.stderr,
+        )
+    return bool(missing)
+
+
 def _setup(args: argparse.Namespace) -> tuple[Any, Any, Path, str]:
     """(model, device, out folder, cache folder), after the checks every suite needs."""
     import clippo
     from clippo.commands.args import resolve_device
 
-    for flag in ("model", "out"):
-        if getattr(args, flag) is None:
-            raise ValueError(f"clippo eval {args.suite} needs --{flag}")
     data = Path(args.data_dir)
     if not data.is_dir():
         raise FileNotFoundError(f"--data-dir {data}: no such folder")
@@ -117,6 +126,8 @@ def _write(out: Path, results: dict[str, Any], rows: list[dict[str, Any]]) -> No
 def _run_glue(args: argparse.Namespace) -> int:
     from clippo.eval.glue import GlueOptions, parse_tasks, run_glue, table_rows
 
+    if missing_required(args):
+        return 2
     model, device, out, cache = _setup(args)
     options = GlueOptions(
         data_dir=args.data_dir,
@@ -154,6 +165,8 @@ def _run_glue(args: argparse.Namespace) -> int:
 def _run_vqa(args: argparse.Namespace) -> int:
     from clippo.eval.vqa import VqaOptions, run_vqa, table_rows
 
+    if missing_required(args):
+        return 2
     model, device, out, cache = _setup(args)
     options = VqaOptions(
         data_dir=args.data_dir,

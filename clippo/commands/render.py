@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from typing import Any
 
 from clippo.commands.args import nonnegative_int, positive_int
@@ -119,28 +118,19 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_render_options(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=lambda args: run(args, p))
 
 
-def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except (
-        ValueError,
-        OSError,
-    ) as e:  # bad settings, input or output folder: one line, no traceback
-        print(f"clippo render: error: {e}", file=sys.stderr)
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Bad settings, input or output folder raise (ValueError, OSError); `clippo.cli` prints
+    them as one line. Options that do not fit together are usage errors (exit 2)."""
     from clippo.atomic import write_json_atomic
+    from clippo.errors import DataError
     from clippo.render.corpus import CorpusSource, ShardOptions, preview_texts, render_corpus
     from clippo.render.preview import write_preview
 
     if args.output_dir is None and args.preview is None:
-        print("clippo render: give OUTPUT_DIR, --preview N PNG, or both", file=sys.stderr)
-        return 2
+        parser.error("give OUTPUT_DIR, --preview N PNG, or both")
     render = RenderConfig(
         **{f.name: getattr(args, f.name) for f in dataclasses.fields(RenderConfig)}
     )
@@ -149,14 +139,12 @@ def _run(args: argparse.Namespace) -> int:
         try:
             n, png = positive_int(args.preview[0]), args.preview[1]
         except argparse.ArgumentTypeError as e:
-            print(f"clippo render: error: --preview N: {e}", file=sys.stderr)
-            return 2
+            parser.error(f"--preview N: {e}")
         from clippo.render import UnifontRenderer
 
         texts = preview_texts(source, n)
         if not texts:
-            print(f"clippo render: no renderable texts in {args.input}", file=sys.stderr)
-            return 1
+            raise DataError(f"{args.input}: no renderable texts for --preview")
         write_preview(UnifontRenderer.from_config(render), texts, png)
         print(f"preview of {len(texts)} texts written to {png}")
     if args.output_dir is None:

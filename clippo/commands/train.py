@@ -13,18 +13,19 @@ from typing import Any
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: a checkpoint was written, resume with --resume auto
 
+# Errors propagate to clippo.cli, which prints one line and exits 1 (argparse usage errors: 2).
+# A NaN/inf loss is no bug in clippo but the outcome of the run's settings or data, so it is
+# one line too: clippo.train keeps NonFiniteLossError a RuntimeError (what library callers
+# catch), and this command re-raises it as a ValueError, the type clippo.cli reports.
+
 
 def _run(args: argparse.Namespace) -> int:
-    from clippo.train.config import ConfigError, load_train_config
+    from clippo.train.config import load_train_config
 
     overrides = list(args.set or [])
     if args.resume is not None:
         overrides.append(f"checkpoint.resume={json.dumps(args.resume)}")
-    try:
-        cfg = load_train_config(args.config, overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = load_train_config(args.config, overrides)
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
@@ -36,17 +37,17 @@ def _run(args: argparse.Namespace) -> int:
 
         try:
             hooks = make_hooks(specs_from_tables(cfg.eval), progress=cfg.logging.progress)
-        except (OSError, ValueError) as e:
-            print(f"error: [[eval]]: {e}", file=sys.stderr)
-            return 2
+        except OSError as e:  # say which part of the config named the file
+            raise OSError(f"[[eval]]: {e}") from e
+        except ValueError as e:
+            raise ValueError(f"[[eval]]: {e}") from e
 
     from clippo.train import NonFiniteLossError, train
 
     try:
         result = train(cfg, hooks=hooks, allow_legacy_pickle=args.allow_legacy_pickle)
-    except (ConfigError, NonFiniteLossError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except NonFiniteLossError as e:
+        raise ValueError(str(e)) from e
     where = result.checkpoint or result.run_dir
     if result.preempted:
         print(f"stopped by SIGTERM at step {result.step}; checkpoint {where}", file=sys.stderr)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from clippo import typed_config
+from clippo.train.schedule import check_number
 
 __all__ = [
     "OptimConfig",
@@ -66,10 +67,27 @@ class OptimConfig:
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:
             raise ValueError(f"OptimConfig.name={self.name!r}; expected one of {OPTIMIZERS}")
-        if not self.lr > 0:
-            raise ValueError(f"OptimConfig.lr must be > 0, got {self.lr}")
-        if self.wd < 0:
-            raise ValueError(f"OptimConfig.wd must be >= 0, got {self.wd}")
+        check_number("OptimConfig", "lr", self.lr, low=0, low_ok=False)
+        check_number("OptimConfig", "wd", self.wd, low=0)
+        # big_vision's sign: beta2 = 1 - t^-decay_rate, so Hugging Face's decay_rate=-0.8 is
+        # 0.8 here; a negative value gives beta2 < 0 (an exploding second moment)
+        check_number(
+            "OptimConfig",
+            "decay_rate",
+            self.decay_rate,
+            low=0,
+            hint="big_vision's sign: Hugging Face's -0.8 is 0.8 here"
+            if self.decay_rate < 0
+            else "",
+        )
+        check_number("OptimConfig", "beta2_cap", self.beta2_cap, low=0, high=1)
+        if self.momentum is not None:  # None or 0: no momentum; 1 would never move the weights
+            check_number("OptimConfig", "momentum", self.momentum, low=0, high=1, high_ok=False)
+        # 0 would let a zero gradient give 0 * 1/sqrt(0) = NaN
+        check_number("OptimConfig", "eps", self.eps, low=0, low_ok=False)
+        check_number("OptimConfig", "adam_eps", self.adam_eps, low=0, low_ok=False)
+        if self.clipping_threshold is not None:  # None or 0: no clipping (as big_vision's None)
+            check_number("OptimConfig", "clipping_threshold", self.clipping_threshold, low=0)
         if self.momentum_dtype not in _DTYPES:
             raise ValueError(
                 f"OptimConfig.momentum_dtype={self.momentum_dtype!r}; expected one of {list(_DTYPES)}"
@@ -77,6 +95,8 @@ class OptimConfig:
         if len(self.betas) != 2:
             raise ValueError(f"OptimConfig.betas needs two values, got {self.betas}")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        for i, beta in enumerate(self.betas):  # as torch.optim.AdamW checks, but naming the key
+            check_number("OptimConfig", f"betas.{i}", beta, low=0, high=1, high_ok=False)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -14,9 +14,42 @@ from typing import Any
 
 from clippo import typed_config
 
-__all__ = ["SCHEDULE_KINDS", "Schedule", "ScheduleConfig", "build_schedule", "schedule_value"]
+__all__ = [
+    "SCHEDULE_KINDS",
+    "Schedule",
+    "ScheduleConfig",
+    "build_schedule",
+    "check_number",
+    "schedule_value",
+]
 
 SCHEDULE_KINDS = ("rsqrt", "cosine", "linear", "constant")
+
+
+def check_number(
+    owner: str,
+    name: str,
+    value: float,
+    *,
+    low: float,
+    high: float = math.inf,
+    low_ok: bool = True,
+    high_ok: bool = True,
+    hint: str = "",
+) -> None:
+    """A config dataclass's range check (also used by `clippo.train.optim`): raise ValueError
+    "<owner>.<name> must be ..." unless `value` is finite and within low..high (bounds included
+    where *_ok). NaN fails every comparison, so it is refused too; `typed_config.from_dict`
+    turns "<owner>.<name>" into the dotted key (`optim.lr`)."""
+    above = low <= value if low_ok else low < value
+    below = value <= high if high_ok else value < high
+    if above and below and (isinstance(value, int) or math.isfinite(value)):  # no float(10**400)
+        return
+    if high == math.inf:
+        want = f"finite and {'>=' if low_ok else '>'} {low:g}"
+    else:
+        want = f"in {'[' if low_ok else '('}{low:g}, {high:g}{']' if high_ok else ')'}"
+    raise ValueError(f"{owner}.{name} must be {want}, got {value}" + (f" ({hint})" if hint else ""))
 
 
 @dataclass(frozen=True)
@@ -39,10 +72,14 @@ class ScheduleConfig:
     def __post_init__(self) -> None:
         if self.kind not in SCHEDULE_KINDS:
             raise ValueError(f"ScheduleConfig.kind={self.kind!r}; expected one of {SCHEDULE_KINDS}")
-        if self.warmup_steps < 0 or self.cooldown_steps < 0:
-            raise ValueError("ScheduleConfig warmup_steps and cooldown_steps must be >= 0")
-        if not self.timescale > 0:
-            raise ValueError(f"ScheduleConfig.timescale must be > 0, got {self.timescale}")
+        check_number("ScheduleConfig", "warmup_steps", self.warmup_steps, low=0)
+        check_number("ScheduleConfig", "cooldown_steps", self.cooldown_steps, low=0)
+        check_number("ScheduleConfig", "timescale", self.timescale, low=0, low_ok=False)
+        # the multiplier stays in [0, 1]: a negative shift lifts it above 1 (and at -timescale
+        # divides by zero), a negative power blows it up as progress reaches 1
+        check_number("ScheduleConfig", "shift", self.shift, low=0)
+        check_number("ScheduleConfig", "linear_end", self.linear_end, low=0, high=1)
+        check_number("ScheduleConfig", "power", self.power, low=0)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -168,8 +168,10 @@ def test_train_stops_before_training_on_bad_eval_data(tmp_path, capsys):
     toml.write_text('preset = "demo"\n\n[[eval]]\nkind = "retrieval"\npath = "nope.csv"\n')
     run = tmp_path / "run"
     sets = [f"logging.run_dir={json.dumps(str(run))}", *TINY]
-    assert main(["train", str(toml), *[a for s in sets for a in ("--set", s)]]) == 2
-    assert "nope.csv" in capsys.readouterr().err
+    assert main(["train", str(toml), *[a for s in sets for a in ("--set", s)]]) == 1
+    err = capsys.readouterr().err  # one line: the file, and where in the config it was named
+    assert err.startswith("clippo train: error: [[eval]]: pairs file not found: nope.csv"), err
+    assert len(err.splitlines()) == 1
     assert not run.exists()
 
 

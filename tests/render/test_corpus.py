@@ -479,20 +479,28 @@ def test_cli_options_mirror_render_config(tmp_path):
     assert RenderConfig(
         **{f.name: getattr(args, f.name) for f in dataclasses.fields(RenderConfig)}
     ) == (RenderConfig())
-    assert main(["render", "in.txt"]) == 2  # neither OUTPUT_DIR nor --preview
+    with pytest.raises(SystemExit) as info:  # neither OUTPUT_DIR nor --preview: a usage error
+        main(["render", "in.txt"])
+    assert info.value.code == 2
 
 
 def test_cli_reports_bad_settings_without_traceback(tmp_path, capsys):
     p = write_text(tmp_path / "c.txt", ["a"])
-    assert main(["render", str(p), str(tmp_path / "o"), "--image-size", "30"]) == 2
-    assert "multiple of 16" in capsys.readouterr().err
+
+    def error_line() -> str:
+        err = capsys.readouterr().err
+        assert err.startswith("clippo render: error: ") and len(err.splitlines()) == 1, err
+        return err
+
+    assert main(["render", str(p), str(tmp_path / "o"), "--image-size", "30"]) == 1
+    assert "multiple of 16" in error_line()
     assert (
         main(["render", str(p), str(tmp_path / "o"), "--shard-index", "2", "--num-shards", "2"])
-        == 2
+        == 1
     )
-    assert "job_index" in capsys.readouterr().err
-    assert main(["render", str(tmp_path / "missing.txt"), str(tmp_path / "o")]) == 2
-    assert "missing.txt" in capsys.readouterr().err
+    assert "job_index" in error_line()
+    assert main(["render", str(tmp_path / "missing.txt"), str(tmp_path / "o")]) == 1
+    assert "missing.txt" in error_line()
 
 
 def test_cli_job_split_flags(tmp_path):

@@ -6,6 +6,7 @@ import copy
 import io
 import math
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from clippo.train.optim import (
     param_groups,
     set_lr,
 )
-from clippo.train.schedule import ScheduleConfig, build_schedule
+from clippo.train.schedule import ScheduleConfig, build_schedule, schedule_value
 
 # ---------------------------------------------------------------- schedules
 
@@ -274,6 +275,92 @@ def test_adafactor_rejects_bad_hyperparameters():
         OptimConfig(name="sgd")
     with pytest.raises(ValueError, match="momentum_dtype"):
         OptimConfig(momentum_dtype="float16")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("lr", math.inf, "OptimConfig.lr must be finite and > 0, got inf"),
+        ("lr", 0.0, "OptimConfig.lr must be finite and > 0, got 0.0"),
+        ("wd", math.nan, "OptimConfig.wd must be finite and >= 0, got nan"),
+        ("wd", math.inf, "OptimConfig.wd must be finite and >= 0, got inf"),
+        (
+            "decay_rate",
+            -0.8,
+            "OptimConfig.decay_rate must be finite and >= 0, got -0.8 (big_vision",
+        ),
+        ("decay_rate", math.nan, "OptimConfig.decay_rate must be finite and >= 0, got nan"),
+        ("beta2_cap", -0.1, "OptimConfig.beta2_cap must be in [0, 1], got -0.1"),
+        ("beta2_cap", math.inf, "OptimConfig.beta2_cap must be in [0, 1], got inf"),
+        ("momentum", -0.9, "OptimConfig.momentum must be in [0, 1), got -0.9"),
+        ("momentum", 1.0, "OptimConfig.momentum must be in [0, 1), got 1.0"),
+        ("momentum", math.nan, "OptimConfig.momentum must be in [0, 1), got nan"),
+        ("eps", -1e-30, "OptimConfig.eps must be finite and > 0, got -1e-30"),
+        ("eps", 0.0, "OptimConfig.eps must be finite and > 0, got 0.0"),
+        ("clipping_threshold", -1.0, "OptimConfig.clipping_threshold must be finite and >= 0"),
+        ("clipping_threshold", math.inf, "OptimConfig.clipping_threshold must be finite and >= 0"),
+        ("adam_eps", -math.inf, "OptimConfig.adam_eps must be finite and > 0, got -inf"),
+        ("betas", (0.9, math.nan), "OptimConfig.betas.1 must be in [0, 1), got nan"),
+        ("betas", (1.0, 0.999), "OptimConfig.betas.0 must be in [0, 1), got 1.0"),
+    ],
+)
+def test_optim_config_refuses_senseless_numbers(field, value, message):
+    with pytest.raises(ValueError) as info:
+        OptimConfig(**{field: value})
+    assert str(info.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("timescale", math.inf, "ScheduleConfig.timescale must be finite and > 0, got inf"),
+        ("timescale", 0.0, "ScheduleConfig.timescale must be finite and > 0, got 0.0"),
+        ("shift", -1.0, "ScheduleConfig.shift must be finite and >= 0, got -1.0"),
+        ("shift", math.nan, "ScheduleConfig.shift must be finite and >= 0, got nan"),
+        ("linear_end", -0.1, "ScheduleConfig.linear_end must be in [0, 1], got -0.1"),
+        ("linear_end", math.inf, "ScheduleConfig.linear_end must be in [0, 1], got inf"),
+        ("power", -1.0, "ScheduleConfig.power must be finite and >= 0, got -1.0"),
+        ("power", math.inf, "ScheduleConfig.power must be finite and >= 0, got inf"),
+        ("warmup_steps", -1, "ScheduleConfig.warmup_steps must be finite and >= 0, got -1"),
+    ],
+)
+def test_schedule_config_refuses_senseless_numbers(field, value, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        ScheduleConfig(**{field: value})
+
+
+def test_what_the_refused_numbers_would_do():
+    """The reasons behind the checks, on the optimiser and schedule as they compute."""
+    # eps = 0: a gradient that is exactly 0 turns into NaN (0 * 1/sqrt(0)); eps > 0 keeps it 0
+    for eps, finite in ((0.0, False), (1e-30, True)):
+        p = nn.Parameter(torch.ones(3))
+        opt = Adafactor([p], lr=0.1, eps=eps)
+        p.grad = torch.tensor([0.0, 1.0, 2.0])
+        opt.step()
+        assert bool(torch.isfinite(p).all()) is finite
+    # a negative shift lifts the multiplier above 1 (0.5 of the timescale: 1/sqrt(0.5))
+    shifted = ScheduleConfig("rsqrt", timescale=100)
+    object.__setattr__(shifted, "shift", -50.0)  # past the check (a config cannot get there)
+    assert schedule_value(shifted, 1000, 0) == pytest.approx(2**0.5)
+
+
+def test_zero_and_none_switch_momentum_and_clipping_off():
+    """The legitimate edge values stay accepted: None/0 momentum and clipping, decay_rate 0
+    (beta2 = 0: the current squared gradient only), shift and linear_end 0, power 0, beta2_cap 1."""
+    OptimConfig(momentum=None, clipping_threshold=None)
+    OptimConfig(momentum=0.0, clipping_threshold=0.0, decay_rate=0.0, beta2_cap=1.0)
+    OptimConfig(name="adamw", betas=(0.0, 0.0))
+    ScheduleConfig("linear", shift=0.0, linear_end=1.0, power=0.0)
+    # a momentum of 0 or None and a clipping threshold of 0 give the same step as each other
+    grads = torch.tensor([[0.5, -2.0], [1.0, 3.0]])
+    params = []
+    for momentum, clip in ((None, None), (0.0, 0.0)):
+        p = nn.Parameter(torch.ones(2, 2))
+        p.grad = grads.clone()
+        Adafactor([p], lr=0.1, momentum=momentum, clipping_threshold=clip).step()
+        params.append(p.detach())
+    torch.testing.assert_close(params[0], params[1], rtol=0, atol=0)
+    assert not torch.equal(params[0], torch.ones(2, 2))
 
 
 # ---------------------------------------------------------------- weight-decay mask
