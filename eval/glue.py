@@ -10,6 +10,12 @@ GLUE's metrics. Dev predictions of seed 0 go to `predictions/<name>.<split>.tsv`
 `predict_test` the seed-0 heads also predict the test files and write the GLUE server's
 submission (AX by the MNLI head).
 
+With `mode="finetune"` the encoder is trained too: per task and seed `clippo.eval.finetune`
+fine-tunes a copy of the model with a head through the trainer (run folder
+`out_dir/finetune/<task>/seed<k>`, resumed when it already holds the finished run), then
+predicts dev (and test) with the tuned model; nothing is cached as features, since the encoder
+changes. Fine-tuning renders pairs as one image (`pair_mode="render"` only).
+
 Returns the `results.json` body: `metrics.<name>.{seeds, mean, std}` for every evaluated entry
 (`mnli_m`, `mnli_mm`, ...), `metrics.average_clippo` / `metrics.average_glue` (null, with the
 missing entries listed under `averages`, unless every task they need was run),
@@ -21,14 +27,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from clippo.eval.features import combine_pair, extract_features
+from clippo.eval.features import ToImages, combine_pair, extract_features
+from clippo.eval.finetune import FinetuneConfig, config_dict, finetune
 from clippo.eval.glue_data import (
     predictions_filename,
     read_split,
@@ -42,6 +49,8 @@ from clippo.model.one_tower import CLIPPO
 from clippo.render import render_pair
 
 PairMode = Literal["render", "concat"]
+Mode = Literal["frozen", "finetune"]
+FINETUNE = "finetune"  # out_dir/finetune/<task>/seed<k>: the fine-tuning runs
 PREDICTIONS = "predictions"
 SUBMISSION = "submission"
 # The metric a head is selected on (on the held-out slice of train), per task.
@@ -51,7 +60,9 @@ _SELECT = {"cola": "matthews_corrcoef", "stsb": "spearman", "mrpc": "f1", "qqp":
 @dataclass(frozen=True)
 class GlueOptions:
     """What `run_glue` evaluates and how. `max_examples` caps the train rows and the evaluated
-    rows of each split (the first N, in file order); 0 = all."""
+    rows of each split (the first N, in file order); 0 = all. mode: "frozen" (a head on cached
+    features, trained as `head` says) or "finetune" (encoder and head, as `finetune` says, with
+    `max_train_steps` steps when > 0)."""
 
     data_dir: str
     tasks: tuple[str, ...] = tuple(GLUE_TASKS)
@@ -63,8 +74,17 @@ class GlueOptions:
     cache_dir: str | None = None
     batch_size: int = 64
     head: HeadConfig = field(default_factory=HeadConfig)
+    mode: Mode = "frozen"
+    max_train_steps: int = 0
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def __post_init__(self) -> None:
+        if self.mode not in ("frozen", "finetune"):
+            raise ValueError(f"mode={self.mode!r}: expected 'frozen' or 'finetune'")
+        if self.max_train_steps < 0:
+            raise ValueError(f"max_train_steps={self.max_train_steps} must be >= 0")
+        if self.mode == "finetune" and self.pair_mode != "render":
+            raise ValueError("mode='finetune' renders each pair as one image: pair_mode='render'")
         for name in self.tasks:
             GLUE_TASKS[name]  # UnknownNameError listing the tasks
         if not self.tasks:
@@ -110,18 +130,27 @@ class _Encoder:
         desc = f"{split.task} {split.split}"
         a = [ex.text_a for ex in split.examples]
         b = [ex.text_b for ex in split.examples]
-        if b and b[0] is None:  # a single-sentence task
-            return self._features(a, renderer.render_batch, desc, "a")
-        pairs = list(zip(a, b))
-        if self.options.pair_mode == "render":
-
-            def render(batch: Sequence[tuple[str, str]]) -> np.ndarray:
-                return np.stack([render_pair(renderer, x, y) for x, y in batch])
-
-            return self._features(pairs, render, desc, "pair")
+        if (b and b[0] is None) or self.options.pair_mode == "render":
+            items, render = _rendered(self.model, split)
+            return self._features(items, render, desc, "a" if b and b[0] is None else "pair")
         u = self._features(a, renderer.render_batch, desc + " (first)", "a")
         v = self._features(b, renderer.render_batch, desc + " (second)", "b")
         return combine_pair(u, v)
+
+
+def _rendered(model: CLIPPO, split: GlueSplit) -> tuple[list[Any], ToImages]:
+    """A split's rows as one image each: (sentences or (first, second) pairs, their renderer
+    -> uint8 [B, S, S, 3]); a pair is drawn with `render_pair`."""
+    renderer = model.renderer
+    a = [ex.text_a for ex in split.examples]
+    b = [ex.text_b for ex in split.examples]
+    if not b or b[0] is None:  # a single-sentence task
+        return a, renderer.render_batch
+
+    def render(batch: Sequence[tuple[str, str]]) -> np.ndarray:
+        return np.stack([render_pair(renderer, x, y) for x, y in batch])
+
+    return list(zip(a, b)), render
 
 
 def _labels(split: GlueSplit, task: GlueTask) -> np.ndarray:
@@ -143,16 +172,105 @@ def _majority(task: GlueTask, y_train: np.ndarray, n: int) -> np.ndarray:
     return np.full(n, int(counts.argmax()), np.int64)
 
 
-def _fit(task: GlueTask, x: np.ndarray, y: np.ndarray, head: HeadConfig, seed: int) -> FittedHead:
-    kind: HeadKind = "regression" if task.kind == "regression" else "classification"
-    config = dataclasses.replace(head, kind=kind)
+def _kind(task: GlueTask) -> HeadKind:
+    return "regression" if task.kind == "regression" else "classification"
+
+
+def _select_metric(task: GlueTask) -> Callable[[np.ndarray, np.ndarray], float]:
+    """The held-out slice's score of a head's output: the task's selection metric."""
     select = _SELECT.get(task.name, "accuracy")
 
     def metric(scores: np.ndarray, target: np.ndarray) -> float:
         return task_metrics(task.name, _predictions(task, scores), target)[select]
 
+    return metric
+
+
+def _fit(task: GlueTask, x: np.ndarray, y: np.ndarray, head: HeadConfig, seed: int) -> FittedHead:
+    config = dataclasses.replace(head, kind=_kind(task))
     outputs = None if task.kind == "regression" else len(task.labels)
-    return fit_head(x, y, config, seed=seed, select_metric=metric, num_outputs=outputs)
+    return fit_head(
+        x, y, config, seed=seed, select_metric=_select_metric(task), num_outputs=outputs
+    )
+
+
+def finetune_config(options: GlueOptions) -> FinetuneConfig:
+    """`options.finetune` with `max_train_steps` applied."""
+    steps = options.max_train_steps or options.finetune.max_steps
+    return dataclasses.replace(options.finetune, max_steps=steps)
+
+
+# one seed's model: split -> the head's output on it (softmax [N, C] or values [N])
+Predictor = Callable[[GlueSplit], np.ndarray]
+
+
+class _Frozen:
+    """Frozen mode: features once per split (and cached on disk), a head per seed."""
+
+    def __init__(self, encode: _Encoder, task: GlueTask, train: GlueSplit, head: HeadConfig):
+        self.encode, self.task, self.head = encode, task, head
+        self.x_train, self.y_train = encode(train), _labels(train, task)
+        self.features: dict[str, np.ndarray] = {}
+
+    def _x(self, split: GlueSplit) -> np.ndarray:
+        if split.split not in self.features:
+            self.features[split.split] = self.encode(split)
+        return self.features[split.split]
+
+    def fit(self, seed: int) -> tuple[Predictor, Mapping[str, Any]]:
+        head = _fit(self.task, self.x_train, self.y_train, self.head, seed)
+        return lambda split: head.predict(self._x(split)), head.selection
+
+
+class _Finetune:
+    """Finetune mode: a fine-tuned copy of the model and a head per seed."""
+
+    def __init__(
+        self,
+        model: CLIPPO,
+        options: GlueOptions,
+        task: GlueTask,
+        train: GlueSplit,
+        out: Path,
+        device: Any,
+        bf16: bool,
+        log: Callable[[str], None],
+    ) -> None:
+        self.model, self.options, self.task, self.out = model, options, task, out
+        self.device, self.bf16, self.log = device, bf16, log
+        self.items, self.to_images = _rendered(model, train)
+        self.y_train = _labels(train, task)
+        self.config = finetune_config(options)
+
+    def fit(self, seed: int) -> tuple[Predictor, Mapping[str, Any]]:
+        task = self.task
+        tuned = finetune(
+            self.model,
+            self.items,
+            self.y_train,
+            self.to_images,
+            _kind(task),
+            len(task.labels),
+            self.config,
+            seed=seed,
+            run_dir=self.out / FINETUNE / task.name / f"seed{seed}",
+            select_metric=_select_metric(task),
+            device=self.device,
+            log=self.log,
+        )
+
+        def predict(split: GlueSplit) -> np.ndarray:
+            items, render = _rendered(tuned.model, split)
+            return tuned.predict(
+                items,
+                render,
+                batch_size=self.options.batch_size,
+                device=self.device,
+                bf16=self.bf16,
+                desc=f"{split.task} {split.split} (fine-tuned)",
+            )
+
+        return predict, {**tuned.selection, "run_dir": str(tuned.run_dir)}
 
 
 def _summary(per_seed: list[dict[str, float]]) -> dict[str, Any]:
@@ -192,17 +310,24 @@ def run_glue(
         task = GLUE_TASKS[name]
         train = read(name, "train")
         devs = [(entry, read(name, s)) for entry, s in task.dev]
-        x_train, y_train = encode(train), _labels(train, task)
-        x_devs = [encode(split) for _, split in devs]
+        y_train = _labels(train, task)
+        fitter: _Frozen | _Finetune
+        if options.mode == "finetune":
+            fitter = _Finetune(model, options, task, train, out, device, bf16, log)
+        else:
+            fitter = _Frozen(encode, task, train, options.head)
+            for _, split in devs:  # every dev split's features before any head, as always
+                fitter._x(split)
         per_entry: dict[str, list[dict[str, float]]] = {entry: [] for entry, _ in task.dev}
         selections = []
-        heads = []
+        heads: list[Predictor] = []
         for seed in range(options.seeds):
-            head = _fit(task, x_train, y_train, options.head, seed)
-            heads.append(head)
-            selections.append(head.selection)
-            for (entry, split), x_dev in zip(devs, x_devs):
-                pred = _predictions(task, head.predict(x_dev))
+            predict, selection = fitter.fit(seed)
+            if seed == 0:
+                heads.append(predict)  # seed 0 also predicts the test files
+            selections.append(dict(selection))
+            for entry, split in devs:
+                pred = _predictions(task, predict(split))
                 per_entry[entry].append(task_metrics(entry, pred, _labels(split, task)))
                 if seed == 0:
                     path = out / PREDICTIONS / predictions_filename(entry, split.split)
@@ -226,7 +351,7 @@ def run_glue(
         if options.predict_test:
             for _, split_name in task.test:  # MNLI's include AX ("diagnostic")
                 split = read(name, split_name)
-                pred = _predictions(task, heads[0].predict(encode(split)))
+                pred = _predictions(task, heads[0](split))
                 test_results.append((split, pred.tolist()))
     means = {entry: m["mean"] for entry, m in metrics.items()}
     averages: dict[str, Any] = {}
@@ -235,6 +360,12 @@ def run_glue(
         metrics[label] = avg.value
         averages[label] = {"missing": list(avg.missing), "parts": dict(avg.parts)}
     result: dict[str, Any] = {
+        "mode": options.mode,
+        **(
+            {"finetune": config_dict(finetune_config(options))}
+            if options.mode == "finetune"
+            else {}
+        ),
         "metrics": metrics,
         "averages": averages,
         "baseline": {"majority": baseline},

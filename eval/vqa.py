@@ -11,6 +11,11 @@ image with `render_on_image` and the model's own renderer: the question in a ban
 a slice held out from train (`clippo.eval.heads`). The predicted answer is the vocabulary entry
 with the highest score.
 
+With `mode="finetune"`, per seed a copy of the model is fine-tuned with the answer head through
+the trainer (`clippo.eval.finetune`; run folder `out_dir/finetune/vqa/seed<k>`, resumed when it
+already holds the finished run, `max_train_steps` steps when > 0), selected on the same held-out
+slice and proxy, and answers the eval split with the tuned model; no features are cached.
+
 Selection proxy: on the held-out slice a head is scored by the mean soft-target value of its
 argmax answer, i.e. min(#annotators who gave that answer, after normalisation / 3, 1). That is
 the credit the official metric is built on, but not its leave-one-out average (one matching
@@ -32,11 +37,11 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -45,6 +50,7 @@ from PIL import Image
 from clippo.data.images import ImageDecodeError, decode_image
 from clippo.errors import DataError
 from clippo.eval.features import data_fingerprint, extract_features
+from clippo.eval.finetune import FinetuneConfig, config_dict, finetune
 from clippo.eval.heads import FittedHead, HeadConfig, fit_head
 from clippo.eval.vqa_data import (
     DEFAULT_VOCAB_SIZE,
@@ -77,7 +83,9 @@ class VqaOptions:
     rows (the first N of each file, in order); 0 = all. `band`: height in px of the question
     band (None: half the image, `render_on_image`'s default). `num_workers`: photo decoding
     threads (0: decode in the feature extractor's rendering thread). The head is trained as
-    `head` says, with its kind set to soft_multilabel."""
+    `head` says, with its kind set to soft_multilabel. mode: "frozen" (a head on cached
+    features) or "finetune" (encoder and head as `finetune` says, with `max_train_steps` steps
+    when > 0)."""
 
     data_dir: str
     train_split: str = "train2014"
@@ -90,8 +98,15 @@ class VqaOptions:
     batch_size: int = 64
     num_workers: int = 4
     head: HeadConfig = DEFAULT_HEAD
+    mode: Literal["frozen", "finetune"] = "frozen"
+    max_train_steps: int = 0
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def __post_init__(self) -> None:
+        if self.mode not in ("frozen", "finetune"):
+            raise ValueError(f"mode={self.mode!r}: expected 'frozen' or 'finetune'")
+        if self.max_train_steps < 0:
+            raise ValueError(f"max_train_steps={self.max_train_steps} must be >= 0")
         if self.seeds < 1 or self.batch_size < 1 or self.answers < 1:
             raise ValueError("seeds, batch_size and answers must be >= 1")
         if self.max_examples < 0 or self.num_workers < 0:
@@ -190,6 +205,103 @@ def _summary(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def finetune_config(options: VqaOptions) -> FinetuneConfig:
+    """`options.finetune` with `max_train_steps` applied."""
+    steps = options.max_train_steps or options.finetune.max_steps
+    return replace(options.finetune, max_steps=steps)
+
+
+# per seed: (the head's sigmoid scores on the eval split [N, K], the seed's selection)
+SeedScores = Iterator[tuple[np.ndarray, dict[str, Any]]]
+
+
+def _frozen(
+    model: CLIPPO,
+    o: VqaOptions,
+    train: list[VQARecord],
+    y_train: torch.Tensor,
+    evaluated: list[VQARecord],
+    to_images: _Photos,
+    vocab: AnswerVocab,
+    band: int,
+    device: Any,
+    bf16: bool,
+) -> SeedScores:
+    """Frozen mode: features once per split (cached), then a head per seed."""
+
+    def features(split: str, records: list[VQARecord]) -> np.ndarray:
+        return extract_features(
+            model,
+            records,
+            to_images,
+            batch_size=o.batch_size,
+            device=device,
+            bf16=bf16,
+            cache_dir=o.cache_dir,
+            key={"suite": "vqa", "band": band},
+            data_key=_data_key(split, records),
+            desc=f"vqa {split}",
+        )
+
+    x_train = features(o.train_split, train)
+    x_eval = features(o.eval_split, evaluated)
+    config = replace(o.head, kind="soft_multilabel")
+    out = []
+    for seed in range(o.seeds):
+        head: FittedHead = fit_head(
+            x_train,
+            y_train,
+            config,
+            seed=seed,
+            select_metric=selection_score,
+            num_outputs=len(vocab),
+        )
+        out.append((head.predict(x_eval), head.selection))
+    return iter(out)
+
+
+def _finetuned(
+    model: CLIPPO,
+    o: VqaOptions,
+    train: list[VQARecord],
+    y_train: torch.Tensor,
+    evaluated: list[VQARecord],
+    to_images: _Photos,
+    vocab: AnswerVocab,
+    out_dir: str | os.PathLike,
+    device: Any,
+    bf16: bool,
+    log: Callable[[str], None],
+) -> SeedScores:
+    """Finetune mode: per seed a fine-tuned copy of the model with its answer head."""
+    out = []
+    for seed in range(o.seeds):
+        tuned = finetune(
+            model,
+            train,
+            y_train,
+            to_images,
+            "soft_multilabel",
+            len(vocab),
+            finetune_config(o),
+            seed=seed,
+            run_dir=Path(out_dir) / "finetune" / "vqa" / f"seed{seed}",
+            select_metric=selection_score,
+            device=device,
+            log=log,
+        )
+        scores = tuned.predict(
+            evaluated,
+            to_images,  # the tuned model's renderer is the original's
+            batch_size=o.batch_size,
+            device=device,
+            bf16=bf16,
+            desc=f"vqa {o.eval_split} (fine-tuned)",
+        )
+        out.append((scores, {**tuned.selection, "run_dir": str(tuned.run_dir)}))
+    return iter(out)
+
+
 def run_vqa(
     model: CLIPPO,
     options: VqaOptions,
@@ -219,42 +331,24 @@ def run_vqa(
     pool = ThreadPoolExecutor(o.num_workers) if o.num_workers else None
     try:
         to_images = _Photos(model, band, pool)
-
-        def features(split: str, records: list[VQARecord]) -> np.ndarray:
-            return extract_features(
-                model,
-                records,
-                to_images,
-                batch_size=o.batch_size,
-                device=device,
-                bf16=bf16,
-                cache_dir=o.cache_dir,
-                key={"suite": "vqa", "band": band},
-                data_key=_data_key(split, records),
-                desc=f"vqa {split}",
+        if o.mode == "finetune":
+            seeds = _finetuned(
+                model, o, train, y_train, evaluated, to_images, vocab, out_dir, device, bf16, log
             )
-
-        x_train = features(o.train_split, train)
-        x_eval = features(o.eval_split, evaluated)
+        else:
+            seeds = _frozen(
+                model, o, train, y_train, evaluated, to_images, vocab, band, device, bf16
+            )
     finally:
         if pool is not None:
             pool.shutdown()
 
-    config = replace(o.head, kind="soft_multilabel")
     per_seed: list[dict[str, Any]] = []
     selections = []
     written = None
-    for seed in range(o.seeds):
-        head: FittedHead = fit_head(
-            x_train,
-            y_train,
-            config,
-            seed=seed,
-            select_metric=selection_score,
-            num_outputs=len(vocab),
-        )
-        selections.append(head.selection)
-        best = head.predict(x_eval).argmax(-1)
+    for seed, (scores, selection) in enumerate(seeds):
+        selections.append(selection)
+        best = scores.argmax(-1)
         predictions = {r.question_id: vocab.answers[k] for r, k in zip(evaluated, best)}
         if seed == 0:
             written = write_results(predictions, evaluated, Path(out_dir), o.eval_split)
@@ -277,8 +371,11 @@ def run_vqa(
             "answer_coverage": None if test else answer_coverage(evaluated, vocab),
         },
         "band": band,
+        "mode": o.mode,
         "selection": selections,
     }
+    if o.mode == "finetune":
+        result["finetune"] = config_dict(finetune_config(o))
     if test:
         log(f"vqa {o.eval_split}: test split, answers in {written} (no metrics)")
         return result

@@ -3,8 +3,10 @@
   clippo eval --model clippo_b16_c4.npz --out runs/glue glue --data-dir glue_data --tasks all
   clippo eval --model run/ckpt --out runs/vqa vqa --data-dir vqav2 --eval-split val2014
 
-Both run on frozen features (computed once per split, cached under `--cache-dir`), train a
-head per seed with model selection on a slice held out from train, write OUT/results.json
+Both run on frozen features by default (computed once per split, cached under `--cache-dir`),
+or with `--mode finetune` fine-tune the encoder with the head through the trainer (runs under
+OUT/finetune/, resumed when present; `--max-train-steps N` caps the steps); they train a head
+per seed with model selection on a slice held out from train, write OUT/results.json
 (metrics per seed with mean and std, the resolved options, model and data paths, versions) and
 the predictions, and print a Markdown table. Nothing downloads: the data come from `--data-dir`
 in the layout each suite documents (`clippo.eval.glue_data`, `clippo.eval.vqa_data`).
@@ -32,7 +34,7 @@ def add_glue(suites: Any, common: Any) -> None:
         default="all",
         help="all, or a comma list of cola,sst2,mrpc,stsb,qqp,mnli,qnli,rte,wnli",
     )
-    g.add_argument("--mode", choices=["frozen"], default="frozen", help="frozen encoder + head")
+    _mode_arguments(g)
     g.add_argument("--seeds", type=positive_int, default=3, help="head trainings per task")
     g.add_argument("--cache-dir", default=None, help="feature cache (default: OUT/cache)")
     g.add_argument(
@@ -56,7 +58,7 @@ def add_vqa(suites: Any, common: Any) -> None:
     v.add_argument("--data-dir", required=True, help="folder in the official VQAv2 layout")
     v.add_argument("--train-split", default="train2014")
     v.add_argument("--eval-split", default="val2014", help="val2014, test-dev2015, test2015")
-    v.add_argument("--mode", choices=["frozen"], default="frozen", help="frozen encoder + head")
+    _mode_arguments(v)
     v.add_argument("--seeds", type=positive_int, default=3, help="head trainings")
     v.add_argument("--answers", type=positive_int, default=3129, help="answer vocabulary size")
     v.add_argument(
@@ -67,6 +69,21 @@ def add_vqa(suites: Any, common: Any) -> None:
     )
     v.add_argument("--cache-dir", default=None, help="feature cache (default: OUT/cache)")
     v.set_defaults(func=_run_vqa)
+
+
+def _mode_arguments(parser: Any) -> None:
+    parser.add_argument(
+        "--mode",
+        choices=["frozen", "finetune"],
+        default="frozen",
+        help="frozen: a head on cached features; finetune: train encoder + head (for a GPU)",
+    )
+    parser.add_argument(
+        "--max-train-steps",
+        type=nonnegative_int,
+        default=0,
+        help="finetune: optimiser steps per run (0: the fine-tuning config's epochs)",
+    )
 
 
 def missing_required(args: argparse.Namespace) -> bool:
@@ -139,13 +156,16 @@ def _run_glue(args: argparse.Namespace) -> int:
         predict_test=args.predict_test,
         cache_dir=cache,
         batch_size=args.batch_size,
+        mode=args.mode,
+        max_train_steps=args.max_train_steps,
     )
     result = run_glue(model, options, out, device=device, log=_log)
     results = {
         "suite": "glue",
         **_provenance(args, model, device),
         "options": {
-            "mode": args.mode,
+            "mode": options.mode,
+            "max_train_steps": options.max_train_steps,
             "tasks": list(options.tasks),
             "pair_mode": options.pair_mode,
             "seeds": options.seeds,
@@ -179,12 +199,14 @@ def _run_vqa(args: argparse.Namespace) -> int:
         cache_dir=cache,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
+        mode=args.mode,
+        max_train_steps=args.max_train_steps,
     )
     result = run_vqa(model, options, out, device=device, log=_log)
     results = {
         "suite": "vqa",
         **_provenance(args, model, device),
-        "options": {"mode": args.mode, **{k: getattr(options, k) for k in _VQA_OPTIONS}},
+        "options": {k: getattr(options, k) for k in _VQA_OPTIONS},
         **result,
     }
     _write(out, results, table_rows(result))
@@ -192,6 +214,8 @@ def _run_vqa(args: argparse.Namespace) -> int:
 
 
 _VQA_OPTIONS = (
+    "mode",
+    "max_train_steps",
     "train_split",
     "eval_split",
     "seeds",

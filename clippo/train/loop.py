@@ -9,6 +9,11 @@ rank), so a resumed run sees exactly the data order of an uninterrupted one. A b
 pair (left, right) whose sides are float pixels [b,3,H,W] in [-1,1], uint8 images [b,H,W,3] or
 lists of strings (rendered on the device). Both sides go through the same tower.
 
+What is trained per batch is a `TrainStep` (`clippo.train.step`): by default the contrastive
+step built from `cfg.loop`; `train(cfg, step=factory)` trains another one over the same loop,
+optimiser, schedule, precision, checkpoints and DDP/FSDP wrapping, e.g. a
+`clippo.train.task_step.TaskStep` (tower + task head) over (images, targets) batches.
+
 Hooks are callables `hook(model, step) -> {name: number}` run every `logging.eval_every_steps`
 and at the end, with the model in eval mode under no_grad; the application layer passes them in,
 so this module never imports `clippo.eval`.
@@ -31,7 +36,7 @@ import clippo.train.distributed as cdist
 from clippo.model.checkpoint import load_dir, load_image_init
 from clippo.model.one_tower import CLIPPO
 from clippo.train.config import ConfigError, LoopConfig, ModelSection, TrainConfig
-from clippo.train.data import TrainData, batch_pixels
+from clippo.train.data import TrainData
 from clippo.train.log import METRICS_FILE, MetricsLogger, Progress, plot_loss_curve
 from clippo.train.loss import ContrastiveLoss
 from clippo.train.optim import build_optimizer, set_lr
@@ -53,7 +58,14 @@ from clippo.train.state import (
     sigterm_flag,
     step_dirs,
 )
-from clippo.train.step import CachedLoss, ContrastiveStep, Embed, Loss
+from clippo.train.step import (
+    CachedLoss,
+    ContrastiveStep,
+    Embed,
+    Loss,
+    TrainStep,
+    full_value,
+)
 
 if TYPE_CHECKING:
     from torch.distributed.fsdp import FSDPModule
@@ -61,6 +73,8 @@ if TYPE_CHECKING:
 Batch = Mapping[str, Any] | tuple[Any, Any]
 DataFactory = Callable[[int], Iterator[Batch]]
 Hook = Callable[[nn.Module, int], Mapping[str, Any]]
+# (the model to train, the config) -> the step; called once, after the model is on the device
+StepFactory = Callable[[CLIPPO, TrainConfig], TrainStep]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -115,6 +129,16 @@ def local_batch_size(loop: LoopConfig, world_size: int) -> int:
     return loop.batch_size // world_size
 
 
+def contrastive_step(model: CLIPPO, cfg: TrainConfig) -> ContrastiveStep:
+    """The default step: `cfg.loop.loss` over pairs through the one tower (the sigmoid loss
+    learns its bias)."""
+    lp = cfg.loop
+    loss = ContrastiveLoss(
+        lp.loss, gather=True, local_loss=lp.local_loss, learn_bias=lp.loss == "sigmoid"
+    )
+    return ContrastiveStep(model, loss)
+
+
 def _chunks(side: Any, n: int) -> list[Any]:
     size = len(side) // n
     return [side[i * size : (i + 1) * size] for i in range(n)]
@@ -135,6 +159,7 @@ class Trainer:
 
     allow_legacy_pickle: let a checkpoint written before the manifest (optimizer.pt, a pickle)
     resume; a keyword, never a config key (`clippo.train.state`).
+    step: builds the training step from the model and the config (default: `contrastive_step`).
     """
 
     def __init__(
@@ -145,8 +170,10 @@ class Trainer:
         model: CLIPPO | None,
         *,
         allow_legacy_pickle: bool = False,
+        step: StepFactory = contrastive_step,
     ) -> None:
         self.cfg, self.hooks = cfg, list(hooks)
+        self.make_step = step
         self.allow_legacy_pickle = allow_legacy_pickle
         lp = cfg.loop
         self.dist = cdist.init_distributed(device=None if lp.device == "auto" else lp.device)
@@ -205,21 +232,20 @@ class Trainer:
         check_resume_config(self.cfg, path)
         return load_checkpoint(path, allow_legacy_pickle=self.allow_legacy_pickle)
 
-    def _training_step(self, resume: Checkpoint | None) -> ContrastiveStep:
-        """Model + loss on the device; the loss owns the sigmoid loss's bias (restored here,
-        before any sharding)."""
-        lp = self.cfg.loop
-        loss = ContrastiveLoss(
-            lp.loss, gather=True, local_loss=lp.local_loss, learn_bias=lp.loss == "sigmoid"
-        )
-        core = ContrastiveStep(self.model, loss).to(self.device)
+    def _training_step(self, resume: Checkpoint | None) -> TrainStep:
+        """Model + loss on the device; the loss owns the parameters outside the model (the
+        sigmoid loss's bias, a task head), restored here, before any sharding."""
+        core = self.make_step(self.model, self.cfg).to(self.device)
         if resume is not None:
             try:
-                loss.load_state_dict(resume.loss)
+                core.loss.load_state_dict(resume.loss)
             except RuntimeError as e:
+                what = f"loop.loss={self.cfg.loop.loss!r}"
+                if not isinstance(core, ContrastiveStep):
+                    what = f"this run's {type(core).__name__}"
                 raise ConfigError(
                     f"checkpoint {str(resume.path)!r}: its loss state {sorted(resume.loss)} does "
-                    f"not fit loop.loss={lp.loss!r}: {e}"
+                    f"not fit {what}: {e}"
                 ) from None
         return core
 
@@ -243,15 +269,12 @@ class Trainer:
         return module
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
-        """The model's parameter groups, then the loss's own parameters (the sigmoid bias) in a
-        group "loss_bias" without weight decay, last so that saved optimiser states line up."""
+        """The model's parameter groups, then the step's groups for the loss's own parameters
+        (the sigmoid bias: "loss_bias", without weight decay), last so that saved optimiser
+        states line up."""
         optimizer = build_optimizer(self.model, self.cfg.optim)
-        own = list(self.core.loss.parameters())
-        if own:
-            lr = self.cfg.optim.lr
-            optimizer.add_param_group(
-                {"params": own, "weight_decay": 0.0, "name": "loss_bias", "lr": lr, "peak_lr": lr}
-            )
+        for group in self.core.loss_param_groups(self.cfg.optim):
+            optimizer.add_param_group(group)
         return optimizer
 
     def _position_data(self, data: DataFactory | None) -> DataFactory:
@@ -291,10 +314,10 @@ class Trainer:
 
     def step(self, batch: Batch) -> Tensor:
         """Forward/backward over the batch (accumulating micro-batches) -> detached loss []."""
-        left, right = batch_pixels(batch, self.device, self.model.renderer)
+        left, right = self.core.inputs(batch, self.device, self.model.renderer)
         if len(left) != self.local_batch or len(right) != self.local_batch:
             raise ValueError(
-                f"data gave a batch of {len(left)}/{len(right)} pairs; expected {self.local_batch}"
+                f"data gave a batch of {len(left)}/{len(right)} rows; expected {self.local_batch}"
             )
         n = self.cfg.loop.accum_steps
         if n == 1:
@@ -390,7 +413,7 @@ class Trainer:
         if not math.isfinite(loss_v):
             raise NonFiniteLossError(self.state.step, "loss", loss_v)
         clip = self.cfg.loop.clip_grad_norm or math.inf  # inf: measure the norm, do not clip
-        gnorm = float(_full(nn.utils.clip_grad_norm_(self.params, clip)))
+        gnorm = float(full_value(nn.utils.clip_grad_norm_(self.params, clip)))
         if not math.isfinite(gnorm):
             raise NonFiniteLossError(self.state.step, "gradient norm", gnorm)
         self.optimizer.step()
@@ -436,7 +459,7 @@ class Trainer:
                             "loss_avg": sum(losses) / len(losses),
                             "lr": lr,
                             "grad_norm": gnorm,
-                            "logit_scale": math.exp(float(_full(self.model.t.detach()))),
+                            **self.core.log_values(),
                             "pairs_per_s": cfg.loop.batch_size / dt,
                             "step_time": dt,
                             "data_time": t_data,
@@ -461,11 +484,6 @@ class Trainer:
         return TrainResult(st.step, self.run_dir, ckpt, preempted, last, self.model)
 
 
-def _full(x: Tensor) -> Tensor:
-    """A DTensor (FSDP) -> its full value; plain tensors unchanged."""
-    return x.full_tensor() if hasattr(x, "full_tensor") else x
-
-
 def train(
     cfg: TrainConfig,
     *,
@@ -473,12 +491,14 @@ def train(
     data: DataFactory | None = None,
     model: CLIPPO | None = None,
     allow_legacy_pickle: bool = False,
+    step: StepFactory = contrastive_step,
 ) -> TrainResult:
     """Train per `cfg`; `data` replaces the pipeline built from `cfg.data`, `model` the one built
-    from `cfg.model` (ignored when resuming). `allow_legacy_pickle`: resume a checkpoint written
-    before the manifest (its optimizer.pt is a pickle: only for checkpoints you wrote). Raises
-    NonFiniteLossError on a NaN/inf loss."""
-    return Trainer(cfg, data, hooks, model, allow_legacy_pickle=allow_legacy_pickle).run()
+    from `cfg.model` (ignored when resuming), `step` the contrastive step. `allow_legacy_pickle`:
+    resume a checkpoint written before the manifest (its optimizer.pt is a pickle: only for
+    checkpoints you wrote). Raises NonFiniteLossError on a NaN/inf loss."""
+    trainer = Trainer(cfg, data, hooks, model, allow_legacy_pickle=allow_legacy_pickle, step=step)
+    return trainer.run()
 
 
 __all__ = [
@@ -488,7 +508,9 @@ __all__ = [
     "NonFiniteLossError",
     "TrainResult",
     "ContrastiveStep",
+    "StepFactory",
     "Trainer",
+    "contrastive_step",
     "build_model",
     "local_batch_size",
     "restore_or_build_model",

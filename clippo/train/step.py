@@ -1,5 +1,6 @@
-"""The training step: a model and its contrastive loss as one `nn.Module`, asked for one of three
-things per call.
+"""The training step: a model and its loss as one `nn.Module`, asked for one of three things per
+call. `TrainStep` is what the `Trainer` drives; `ContrastiveStep` (pairs through one tower) is
+the default, `clippo.train.task_step.TaskStep` (the tower's pooled output + a task head) another.
 
     step = ContrastiveStep(model, ContrastiveLoss("sigmoid", learn_bias=True))
     loss = step(left, right, Loss())                                # [] for this batch
@@ -16,15 +17,27 @@ pixels [b,3,H,W] for CLIPPO's one tower, token ids [b,L] for a tower that takes 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from clippo.train.data import batch_pixels
 from clippo.train.loss import ContrastiveLoss
+from clippo.train.optim import OptimConfig
 
-__all__ = ["CachedLoss", "ContrastiveStep", "Embed", "Loss", "Request"]
+__all__ = [
+    "CachedLoss",
+    "ContrastiveStep",
+    "Embed",
+    "Loss",
+    "Request",
+    "TrainStep",
+    "full_value",
+]
 
 
 @dataclass(frozen=True)
@@ -56,7 +69,37 @@ class CachedLoss:
 Request = Embed | Loss | CachedLoss
 
 
-class ContrastiveStep(nn.Module):
+def full_value(x: Tensor) -> Tensor:
+    """A DTensor (FSDP) -> its full value; plain tensors unchanged."""
+    return x.full_tensor() if hasattr(x, "full_tensor") else x
+
+
+class TrainStep(nn.Module):
+    """What the `Trainer` trains: `model` (saved as the checkpoint's model) and `loss`, a module
+    holding every trainable parameter outside the model (the sigmoid loss's bias, a task head;
+    saved as loss.safetensors and restored on resume), called as `step(left, right, request)`.
+
+    A step says how a data batch becomes its two inputs (`inputs`), the optimiser groups of the
+    loss's parameters (`loss_param_groups`, after the model's groups so that saved optimiser
+    states line up) and what it adds to the logged metrics (`log_values`)."""
+
+    model: nn.Module
+    loss: nn.Module
+
+    def inputs(self, batch: Any, device: torch.device, renderer: Any) -> tuple[Tensor, Tensor]:
+        """A data batch -> (left, right) on `device`, each with the batch as first dimension."""
+        return batch_pixels(batch, device, renderer)
+
+    def loss_param_groups(self, cfg: OptimConfig) -> list[dict[str, Any]]:
+        """The loss's trainable parameters as optimiser groups (none by default)."""
+        return []
+
+    def log_values(self) -> dict[str, float]:
+        """Numbers logged beside the loss every `logging.every_steps`."""
+        return {}
+
+
+class ContrastiveStep(TrainStep):
     """Model + loss in one module, so DDP/FSDP cover every trainable parameter, the loss's own
     (the sigmoid bias) included. See the module docstring for the model contract."""
 
@@ -64,6 +107,18 @@ class ContrastiveStep(nn.Module):
         super().__init__()
         self.model = model
         self.loss = loss
+
+    def loss_param_groups(self, cfg: OptimConfig) -> list[dict[str, Any]]:
+        """The sigmoid bias in a group "loss_bias" without weight decay."""
+        own = list(self.loss.parameters())
+        if not own:
+            return []
+        lr = cfg.lr
+        return [{"params": own, "weight_decay": 0.0, "name": "loss_bias", "lr": lr, "peak_lr": lr}]
+
+    def log_values(self) -> dict[str, float]:
+        t = getattr(self.model, "t", None)
+        return {} if t is None else {"logit_scale": math.exp(float(full_value(t.detach())))}
 
     def forward(
         self, left: Tensor, right: Tensor, request: Request

@@ -5,6 +5,7 @@ a task a random tiny model can learn, and the real GLUE files when ../shared is 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import zipfile
 from pathlib import Path
@@ -217,3 +218,87 @@ def test_the_real_glue_files_run_end_to_end(tmp_path: Path, model_dir: Path) -> 
     assert results["metrics"]["average_glue"] is not None
     for entry in ("mnli_m", "mnli_mm", "qqp", "qnli"):
         assert entry in results["metrics"]
+
+
+def _finetune_options(data: Path, **kw: object) -> GlueOptions:
+    from clippo.eval.finetune import FinetuneConfig
+
+    return GlueOptions(
+        data_dir=str(data),
+        tasks=("sst2",),
+        seeds=1,
+        batch_size=64,
+        mode="finetune",
+        max_train_steps=30,
+        finetune=FinetuneConfig(learning_rates=(1e-3,), batch_size=16),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_finetune_beats_the_majority_checkpoints_and_repeats_exactly(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = clippo.CLIPPO.from_variant("tiny-test", image_size=64)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    data = _glue_folder(tmp_path / "glue_data", n_train=120, n_dev=40)
+    options = _finetune_options(data)
+    result = run_glue(model, options, tmp_path / "a", log=lambda _: None)
+    accuracy = result["metrics"]["sst2"]["mean"]["accuracy"]
+    majority = result["baseline"]["majority"]["sst2"]["accuracy"]
+    assert accuracy > majority + 0.2, (accuracy, majority)
+    assert result["mode"] == "finetune" and result["finetune"]["max_steps"] == 30
+    selection = result["tasks"]["sst2"]["selection"][0]
+    assert selection["note"].startswith("no selection") and selection["learning_rate"] == 1e-3
+    run = tmp_path / "a" / "finetune" / "sst2" / "seed0"
+    assert selection["run_dir"] == str(run)
+    (ckpt,) = (run / "checkpoints").iterdir()
+    assert ckpt.name == "step_000000030" and (ckpt / "manifest.json").is_file()
+    # the caller's model is untouched: fine-tuning trains a copy
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    # the same seed on CPU: the same predictions, bit for bit
+    run_glue(model, options, tmp_path / "b", log=lambda _: None)
+    first = (tmp_path / "a" / "predictions" / "sst2.dev.tsv").read_text()
+    assert first == (tmp_path / "b" / "predictions" / "sst2.dev.tsv").read_text()
+    # a finished run folder is resumed, not trained again: same predictions, still one checkpoint
+    again = run_glue(model, options, tmp_path / "a", log=lambda _: None)
+    assert again["metrics"] == result["metrics"]
+    assert [p.name for p in (run / "checkpoints").iterdir()] == [ckpt.name]
+
+
+def test_finetune_refuses_a_run_folder_of_other_rows(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = clippo.CLIPPO.from_variant("tiny-test", image_size=64)
+    data = _glue_folder(tmp_path / "glue_data", n_train=40, n_dev=10)
+    options = _finetune_options(data, max_examples=0)
+    options = dataclasses.replace(options, max_train_steps=3)
+    run_glue(model, options, tmp_path / "out", log=lambda _: None)
+    fewer = dataclasses.replace(options, max_examples=30)
+    with pytest.raises(ValueError, match="fine-tuned on other rows"):
+        run_glue(model, fewer, tmp_path / "out", log=lambda _: None)
+
+
+def test_finetune_needs_rendered_pairs() -> None:
+    with pytest.raises(ValueError, match="pair_mode='render'"):
+        GlueOptions(data_dir="x", mode="finetune", pair_mode="concat")
+    with pytest.raises(ValueError, match="mode="):
+        GlueOptions(data_dir="x", mode="tuned")  # type: ignore[arg-type]
+
+
+def test_cli_finetune_end_to_end(tmp_path: Path, model_dir: Path) -> None:
+    data = _glue_folder(tmp_path / "glue_data", n_train=40, n_dev=12)
+    out = tmp_path / "out"
+    code = main(
+        ["eval", "--model", str(model_dir), "--out", str(out), "glue", "--data-dir", str(data)]
+        + ["--tasks", "rte,stsb", "--seeds", "1", "--mode", "finetune"]
+        + ["--max-train-steps", "20", "--batch-size", "16"]
+    )
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["mode"] == "finetune" and results["options"]["mode"] == "finetune"
+    assert results["options"]["max_train_steps"] == 20
+    assert results["finetune"]["max_steps"] == 20 and results["finetune"]["optimizer"] == "adamw"
+    assert set(results["metrics"]) >= {"rte", "stsb"}
+    for task in ("rte", "stsb"):
+        ckpt = out / "finetune" / task / "seed0" / "checkpoints" / "step_000000020"
+        assert (ckpt / "manifest.json").is_file()
+    rows = (out / "predictions" / "stsb.dev.tsv").read_text().splitlines()
+    assert len(rows) == 13  # header + 12 rows
