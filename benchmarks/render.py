@@ -13,6 +13,14 @@ batches of 256, all methods on the same strings in the same run, each returning 
   Pillow textwrap     the same glyphs, canvas and drawing, lines from `textwrap.wrap` (word
                       wrapping: more work than the reference does)
   Pillow TrueType     the textwrap loop with a 16-px TrueType font (Pillow's bundled default)
+
+A second table times the shaped multilingual `TextRenderer` (224x224, 16 px, word-wrapped) on
+distinct captions/paragraphs drawn from Zipf-distributed vocabularies (English, Arabic and
+Chinese from Faker's lorem word lists: the test extras; Hindi written here), its word cache
+warmed on other text from the same vocabulary, and cold (a fresh renderer per batch), beside
+Pillow `ImageDraw` (raqm layout when Pillow has it) with the same bundled Noto fonts and
+`textwrap` lines, and PangoCairo when it happens to be installed. `--text-only` skips the
+Unifont table.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import BdfFontFile, Image, ImageDraw, ImageFont
 
-from clippo.render import UnifontRenderer
+from clippo.render import TextRenderer, UnifontRenderer
 
 WORDS = [
     "a",
@@ -140,6 +148,221 @@ def pillow_loop(
     return render
 
 
+HINDI = [
+    "एक",
+    "भारत",
+    "देश",
+    "लोग",
+    "समय",
+    "साल",
+    "काम",
+    "दिन",
+    "बात",
+    "घर",
+    "पानी",
+    "शहर",
+    "गाँव",
+    "बच्चा",
+    "बच्चे",
+    "महिला",
+    "पुरुष",
+    "सड़क",
+    "गाड़ी",
+    "नदी",
+    "पहाड़",
+    "पेड़",
+    "फूल",
+    "किताब",
+    "स्कूल",
+    "बाज़ार",
+    "खाना",
+    "रात",
+    "सुबह",
+    "शाम",
+    "बड़ा",
+    "छोटा",
+    "नया",
+    "पुराना",
+    "सुंदर",
+    "लाल",
+    "नीला",
+    "हरा",
+    "सफ़ेद",
+    "काला",
+    "दो",
+    "तीन",
+    "चार",
+    "पाँच",
+    "के",
+    "की",
+    "का",
+    "में",
+    "पर",
+    "से",
+    "और",
+    "है",
+    "हैं",
+    "था",
+    "थी",
+    "साथ",
+    "पास",
+    "ऊपर",
+    "नीचे",
+    "खेलते",
+    "बैठे",
+    "खड़े",
+    "चलते",
+    "हुए",
+    "देखते",
+    "हुआ",
+    "कुत्ता",
+    "बिल्ली",
+    "घोड़ा",
+    "चिड़िया",
+    "आदमी",
+    "औरत",
+    "परिवार",
+    "दोस्त",
+    "स्टेशन",
+    "मंदिर",
+    "त्योहार",
+    "संगीत",
+    "क्रिकेट",
+    "प्रधानमंत्री",
+    "विश्वविद्यालय",
+    "स्वतंत्रता",
+]
+
+
+def vocabulary(language: str) -> list[str]:
+    """Words of `language`, most common first (Faker's lorem lists are roughly so ordered)."""
+    if language == "hi":
+        return HINDI
+    from faker.providers.lorem import ar_AA, en_US, zh_CN
+
+    return list({"en": en_US, "ar": ar_AA, "zh": zh_CN}[language].Provider.word_list)
+
+
+def zipf_texts(language: str, n: int, length: int, seed: int) -> list[str]:
+    """n texts of about `length` characters, words drawn with probability ~ 1/rank."""
+    words = vocabulary(language)
+    rng = random.Random(seed)
+    weights = [1 / (rank + 1) for rank in range(len(words))]
+    sep = "" if language == "zh" else " "
+    out = []
+    for _ in range(n):
+        text = ""
+        while len(text) < length:
+            text += sep + rng.choices(words, weights)[0] if text else rng.choices(words, weights)[0]
+            if language == "zh" and rng.random() < 0.15:
+                text += "，"
+        out.append(text)
+    return out
+
+
+def pillow_text_loop(
+    font: ImageFont.FreeTypeFont, chars_per_line: int, rtl: bool, size: int = 224
+) -> Callable[[list[str]], np.ndarray]:
+    """Pillow ImageDraw (raqm when available) with a bundled Noto font: `textwrap` lines of
+    `chars_per_line`, 20 px apart (the TextRenderer's pitch), right-aligned when `rtl`."""
+    blank = Image.new("RGB", (size, size), (127, 127, 127))
+    lines_fit = (size - 8 - 16) // 20 + 1
+
+    def render(texts: list[str]) -> np.ndarray:
+        out = np.empty((len(texts), size, size, 3), np.uint8)
+        for i, text in enumerate(texts):
+            canvas = blank.copy()
+            draw = ImageDraw.Draw(canvas)
+            for row, line in enumerate(textwrap.wrap(text, chars_per_line)[:lines_fit]):
+                x = size - 4 - draw.textlength(line, font=font) if rtl else 4
+                draw.text((x, 4 + 20 * row), line, fill=(0, 0, 0), font=font)
+            out[i] = np.asarray(canvas)
+        return out
+
+    return render
+
+
+def pango_loop(family: str, size: int = 224) -> Callable[[list[str]], np.ndarray] | None:
+    """PangoCairo, word-wrapped, when PyGObject with Pango and Cairo is installed."""
+    try:
+        import cairo  # type: ignore[import-not-found]
+        import gi  # type: ignore[import-not-found]
+
+        gi.require_version("Pango", "1.0")
+        gi.require_version("PangoCairo", "1.0")
+        from gi.repository import Pango, PangoCairo  # type: ignore[import-not-found]
+    except (ImportError, ValueError):
+        return None
+
+    def render(texts: list[str]) -> np.ndarray:
+        out = np.empty((len(texts), size, size, 3), np.uint8)
+        for i, text in enumerate(texts):
+            surface = cairo.ImageSurface(cairo.FORMAT_RGB24, size, size)
+            ctx = cairo.Context(surface)
+            ctx.set_source_rgb(0.5, 0.5, 0.5)
+            ctx.paint()
+            ctx.set_source_rgb(0, 0, 0)
+            layout = PangoCairo.create_layout(ctx)
+            layout.set_font_description(Pango.FontDescription(f"{family} 12"))
+            layout.set_width((size - 8) * Pango.SCALE)
+            layout.set_wrap(Pango.WrapMode.WORD_CHAR)
+            layout.set_text(text, -1)
+            ctx.move_to(4, 4)
+            PangoCairo.show_layout(ctx, layout)
+            raw = np.ndarray((size, size, 4), np.uint8, surface.get_data())
+            out[i] = raw[..., 2::-1]
+        return out
+
+    return render
+
+
+def text_renderer_table(seconds: float, batch: int) -> None:
+    """The TextRenderer rows: warm and cold cache, Pillow(-raqm) and Pango in the same run."""
+    from PIL import features
+
+    from clippo.fonts import font_path
+
+    layout = ImageFont.Layout.RAQM if features.check("raqm") else ImageFont.Layout.BASIC
+    kinds = {  # name: (language, length, Noto font for Pillow, chars per line, rtl)
+        "English captions": ("en", 50, "NotoSans-Regular.ttf", 30, False),
+        "English paragraphs": ("en", 450, "NotoSans-Regular.ttf", 30, False),
+        "Arabic captions": ("ar", 50, "NotoSansArabic-Regular.ttf", 34, True),
+        "Hindi captions": ("hi", 50, "NotoSansDevanagari-Regular.ttf", 30, False),
+        "Chinese captions": ("zh", 25, "NotoSans-Regular.ttf", 13, False),  # Pillow: no CJK font
+    }
+    header = f"{'text kind':22s}{'warm img/s':>12s}{'cold img/s':>12s}{'hit rate':>10s}"
+    header += f"{'cache MB':>10s}{'Pillow img/s':>14s}{'Pango img/s':>13s}"
+    print(
+        f"\nTextRenderer, 224x224, 16 px, word-wrapped, batch {batch}; Pillow layout: "
+        f"{'raqm' if layout == ImageFont.Layout.RAQM else 'basic (no raqm)'}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name, (language, length, noto, chars, rtl) in kinds.items():
+        texts = zipf_texts(language, batch, length, seed=1)
+        warm = TextRenderer()
+        warm.render_batch(zipf_texts(language, 2000, length, seed=2))  # other text, same words
+        warm.hits = warm.misses = 0
+        warm.render_batch(texts)  # the hit rate of the measured texts' first pass
+        info = warm.cache_info()
+        font = ImageFont.truetype(str(font_path(noto)), 16, layout_engine=layout)
+        methods: dict[str, Callable[[list[str]], object]] = {
+            "warm": warm.render_batch,
+            "cold": lambda ts: TextRenderer().render_batch(ts),
+            "pillow": pillow_text_loop(font, chars, rtl),
+        }
+        pango = pango_loop("Noto Sans")
+        if pango is not None:
+            methods["pango"] = pango
+        rates = measure(methods, {name: texts}, seconds * len(methods) / 3, rounds=3)
+        pango_rate = f"{rates['pango'][name]:13,.0f}" if pango is not None else f"{'n/a':>13s}"
+        print(
+            f"{name:22s}{rates['warm'][name]:12,.0f}{rates['cold'][name]:12,.0f}"
+            f"{info['hit_rate']:10.1%}{info['bytes'] / 2**20:10.1f}"
+            f"{rates['pillow'][name]:14,.0f}{pango_rate}"
+        )
+
+
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -197,9 +420,13 @@ def main() -> None:
     )
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--all-cores", action="store_true", help="do not pin to CPU core 0")
+    parser.add_argument("--text-only", action="store_true", help="only the TextRenderer table")
     args = parser.parse_args()
     if not args.all_cores and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    if args.text_only:
+        text_renderer_table(args.seconds, args.batch)
+        return
     import torch
 
     torch.set_num_threads(1)
@@ -241,6 +468,7 @@ def main() -> None:
     print("-" * len(header))
     for m, row in results.items():
         print(f"{m:{width}s}" + "".join(f"{row[k]:27,.0f}{row[k] / base[k]:8.2f}x" for k in kinds))
+    text_renderer_table(args.seconds, args.batch)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """clippo.render: text -> pixels. Never imports torch at module import time."""
 
 from clippo.render.layout import render_on_image, render_pair
+from clippo.render.text import TextLayout, TextRenderConfig, TextRenderer
 from clippo.render.unifont import (
     RenderConfig,
     UnifontRenderer,
@@ -12,6 +13,9 @@ from clippo.render.unifont import (
 
 __all__ = [
     "RenderConfig",
+    "TextLayout",
+    "TextRenderConfig",
+    "TextRenderer",
     "UnifontRenderer",
     "codepoints",
     "ink_mask",
