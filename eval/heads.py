@@ -1,10 +1,28 @@
 """Task heads trained on frozen features (GLUE, VQA): pure torch on the CPU, seeded.
 
-`fit_head(x, y, config, seed=..., select_metric=...)` chooses the learning rate and weight
-decay on a slice held out from TRAIN (never dev): each grid point is fitted on the rest of
-train and scored on the slice with the caller's task metric; the best is refitted on all of
-train. A train set too small for a slice (fewer than `min_holdout` held-out rows) is fitted
-with the first grid point and says so in `FittedHead.selection`.
+`fit_head(x, y, config, seed=..., select_metric=...)` chooses the hyper-parameters on a slice
+held out from TRAIN (never dev): each grid point is fitted on the rest of train and scored on
+the slice with the caller's task metric; the best is refitted on all of train. A train set too
+small for a slice (fewer than `min_holdout` held-out rows) is fitted with the first grid point
+and says so in `FittedHead.selection`.
+
+Solvers. Linear heads (`hidden=0`) of kind "classification" and "regression" solve their
+convex objective exactly, so the grid is the weight decays alone (`learning_rates` is ignored)
+and there is no step count to tune:
+- "classification": full-batch L-BFGS in float32 (strong-Wolfe line search) until the largest
+  gradient entry is below `tolerance` (or `max_iter` iterations), starting from zero; the grid
+  is swept from the strongest weight decay down, each point warm-started from the previous
+  solution, and the refit on all of train from the chosen point's. `selection["solver"] ==
+  "lbfgs"`.
+- "regression": ridge in closed form (a Cholesky solve in float64, the Gram matrix shared by
+  the grid; least squares with the minimum norm at weight decay 0). `selection["solver"] ==
+  "ridge"`.
+The objective is the one below, so the solution equals scikit-learn's `LogisticRegression` /
+`Ridge` on the standardised features with C = 1 / (weight_decay * N) / alpha = weight_decay *
+N / 2. Everything else (hidden layers, soft_multilabel) trains with mini-batch Adam over a
+(learning rate, weight decay) grid: on VQA-like soft targets (N = 5,000, D = 768, K = 3129,
+weight decay 1e-4) full-batch L-BFGS measured 79 s for 20 iterations and a held-out soft score
+of 0.098, where the Adam fit took 60 s to reach 0.143 (same loaded 2-core machine).
 
 Kinds and losses (per row, averaged over rows; plus `weight_decay / 2 * ||W||^2` over the
 weight matrices, biases excluded):
@@ -18,7 +36,8 @@ weight matrices, biases excluded):
   slice given to `select_metric` is dense, float32 [n_holdout, K].
 
 Features are standardised with the statistics of the rows a head is fitted on. Everything
-random (the slice, the initialisation, the shuffling) comes from `seed`.
+random (the slice, the initialisation, the shuffling) comes from `seed`; the linear solvers
+start from zero, so there the seed only picks the slice.
 """
 
 from __future__ import annotations
@@ -41,41 +60,77 @@ Targets: TypeAlias = "np.ndarray | SparseRows"
 SelectMetric = Callable[[np.ndarray, np.ndarray], float]
 
 
+# Linear classification/regression heads, strongest first after the default (the first point,
+# used when there is nothing to select on; equal scores go to the earlier point). For
+# standardised features and the mean loss, weight decay wd is scikit-learn's C = 1 / (wd * N):
+# at N = 5,000 this spans C = 2e-4 .. 20, where LogisticRegressionCV's best Cs fall.
+LINEAR_WEIGHT_DECAYS = (1e-2, 1.0, 1e-1, 1e-3, 1e-4, 1e-5)
+# Mini-batch Adam heads (hidden layers, soft_multilabel): crossed with `learning_rates`.
+ADAM_WEIGHT_DECAYS = (1e-2, 1e-4, 1.0)
+
+
 @dataclass(frozen=True)
 class HeadConfig:
-    """How a head is trained: mini-batch Adam with a cosine-decayed learning rate.
+    """How a head is trained (the module docstring says which solver a head gets).
 
-    Steps: `epochs` passes over the rows, and at least `min_steps` (small tasks get enough
-    updates). The grid is every (learning rate, weight decay) pair, learning rate first; its
-    first point trains the head when there is nothing to select on."""
+    weight_decays: the grid (first point: the default without selection); None picks
+    `LINEAR_WEIGHT_DECAYS` for the exact linear solvers and `ADAM_WEIGHT_DECAYS` for Adam.
+    L-BFGS (linear classification): at most `max_iter` iterations, until the largest gradient
+    entry is below `tolerance`. Adam only: `learning_rates` (crossed with the weight decays,
+    learning rate first; ignored by the linear solvers), `epochs` passes over the rows and at
+    least `min_steps` steps of `batch_size` rows, a cosine-decayed learning rate."""
 
     kind: HeadKind = "classification"
     learning_rates: tuple[float, ...] = (1e-2, 1e-3)  # the first of each: the default
-    weight_decays: tuple[float, ...] = (1e-2, 1e-4, 1.0)  # used when there is no selection
+    weight_decays: tuple[float, ...] | None = None
     epochs: int = 20
     min_steps: int = 200
     batch_size: int = 256
     holdout_fraction: float = 0.1
     min_holdout: int = 20
     hidden: int = 0  # width of one GELU hidden layer; 0 = a linear head
+    max_iter: int = 500
+    tolerance: float = 1e-5
 
     def __post_init__(self) -> None:
         if self.kind not in get_args(HeadKind):
             raise ConfigError(f"kind={self.kind!r}: expected one of {get_args(HeadKind)}")
         if not self.learning_rates or any(lr <= 0 for lr in self.learning_rates):
             raise ConfigError(f"learning_rates={self.learning_rates}: need values > 0")
-        if not self.weight_decays or any(wd < 0 for wd in self.weight_decays):
+        if self.weight_decays is not None and (
+            not self.weight_decays or any(not 0 <= wd < math.inf for wd in self.weight_decays)
+        ):
             raise ConfigError(f"weight_decays={self.weight_decays}: need values >= 0")
         if not 0 < self.holdout_fraction < 1:
             raise ConfigError(f"holdout_fraction={self.holdout_fraction} must be in (0, 1)")
-        for name in ("epochs", "batch_size", "min_holdout"):
+        for name in ("epochs", "batch_size", "min_holdout", "max_iter"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
         if self.min_steps < 0 or self.hidden < 0:
             raise ConfigError("min_steps and hidden must be >= 0")
+        if not self.tolerance > 0:
+            raise ConfigError(f"tolerance={self.tolerance} must be > 0")
+
+    @property
+    def solver(self) -> Literal["lbfgs", "ridge", "adam"]:
+        if self.hidden == 0 and self.kind == "classification":
+            return "lbfgs"
+        if self.hidden == 0 and self.kind == "regression":
+            return "ridge"
+        return "adam"
+
+    def decays(self) -> tuple[float, ...]:
+        """The weight-decay grid, the default resolved for the solver."""
+        if self.weight_decays is not None:
+            return self.weight_decays
+        return ADAM_WEIGHT_DECAYS if self.solver == "adam" else LINEAR_WEIGHT_DECAYS
 
     def grid(self) -> list[tuple[float, float]]:
-        return list(product(self.learning_rates, self.weight_decays))
+        """(learning rate, weight decay) points; the linear solvers' learning rate is the
+        first (unused) and their weight decays appear once each."""
+        if self.solver == "adam":
+            return list(product(self.learning_rates, self.decays()))
+        return [(self.learning_rates[0], wd) for wd in dict.fromkeys(self.decays())]
 
 
 @dataclass
@@ -232,13 +287,138 @@ def _module(d: int, out: int, hidden: int, gen: torch.Generator) -> nn.Module:
     return module
 
 
+def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (mean [D], std [D]) of the rows a head is fitted on; constant features keep
+    std 1 (they standardise to 0)."""
+    std = x.std(0)
+    return x.mean(0), np.where(std > 1e-6, std, 1.0).astype(np.float32)
+
+
+LinearState: TypeAlias = "tuple[torch.Tensor, torch.Tensor]"  # weight [C, D], bias [C]
+
+
+def _ridge(xs: torch.Tensor, t: torch.Tensor, wds: list[float]) -> list[LinearState]:
+    """argmin_w,b mean((xs w + b - t)^2) + wd / 2 ||w||^2 in closed form for each wd, float64:
+    (Xc^T Xc + wd N / 2 I) w = Xc^T tc on centred rows (the N x N dual when N < D), the Gram
+    matrix computed once for all of `wds` (it is most of the cost)."""
+    xs, t = xs.double(), t.double()
+    n, d = xs.shape
+    x_mean, t_mean = xs.mean(0), t.mean()
+    xc, tc = xs - x_mean, (t - t_mean)[:, None]
+    primal = n >= d
+    gram = xc.T @ xc if primal else xc @ xc.T
+    rhs = xc.T @ tc if primal else tc
+    out = []
+    for wd in wds:
+        alpha = wd * n / 2
+        if alpha > 0:
+            chol, info = torch.linalg.cholesky_ex(gram + alpha * torch.eye(len(gram)).double())
+        if alpha > 0 and int(info) == 0:
+            sol = torch.cholesky_solve(rhs, chol)
+            w = sol if primal else xc.T @ sol
+        else:  # weight decay 0 (or too ill-conditioned to factor): least squares, minimum norm
+            eye = math.sqrt(alpha) * torch.eye(d).double()
+            aug = torch.cat([xc, eye]) if alpha > 0 else xc
+            target = torch.cat([tc, torch.zeros(d, 1).double()]) if alpha > 0 else tc
+            w = torch.linalg.lstsq(aug, target, driver="gelsd").solution
+        w = w[:, 0]
+        out.append((w[None, :], (t_mean - x_mean @ w)[None]))
+    return out
+
+
+def _lbfgs(
+    xs: torch.Tensor,
+    labels: torch.Tensor,
+    out: int,
+    wd: float,
+    cfg: HeadConfig,
+    start: LinearState | None,
+) -> LinearState:
+    """argmin_W,b cross_entropy(xs W^T + b, labels) + wd / 2 ||W||^2, full-batch L-BFGS from
+    `start` (zeros when None)."""
+    d = xs.shape[1]
+    # the weight is optimised as [D, C]: xs @ w is a plain (not transposed) product, measured
+    # 2x faster than xs @ W^T for C = 3 on one thread
+    if start is None:
+        w, b = torch.zeros(d, out, dtype=xs.dtype), torch.zeros(out, dtype=xs.dtype)
+    else:
+        w = start[0].T.to(xs.dtype).clone(memory_format=torch.contiguous_format)
+        b = start[1].to(xs.dtype).clone()
+    opt = torch.optim.LBFGS(
+        [w, b],
+        lr=1.0,
+        max_iter=cfg.max_iter,
+        max_eval=cfg.max_iter * 5 // 4,
+        tolerance_grad=cfg.tolerance,
+        tolerance_change=1e-12,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
+
+    n = len(xs)
+    onehot = F.one_hot(labels, out).to(xs.dtype)
+
+    @torch.no_grad()
+    def closure() -> torch.Tensor:
+        # the gradient by hand: autograd's W gradient (xs^T G) measured 2x the time of G^T xs
+        z = torch.addmm(b, xs, w)
+        logp = z.log_softmax(1)
+        loss = -(logp * onehot).sum() / n
+        g = (logp.exp() - onehot) / n  # d loss / d z, [N, C]
+        w.grad = (g.T @ xs).T.contiguous()
+        b.grad = g.sum(0)
+        if wd:
+            loss = loss + wd / 2 * (w * w).sum()
+            w.grad.add_(w, alpha=wd)
+        return loss
+
+    opt.step(closure)
+    return w.detach().T, b.detach()
+
+
+def _fit_linear(
+    x: np.ndarray,
+    t: Targets,
+    out: int,
+    cfg: HeadConfig,
+    wds: list[float],
+    start: LinearState | None,
+) -> list[tuple[FittedHead, LinearState]]:
+    """Linear heads on all rows of (x, t), one per weight decay, solved exactly, each with its
+    solution (standardised coordinates) to warm-start a later fit from. L-BFGS starts each
+    weight decay from the previous one's solution (the first from `start`)."""
+    assert isinstance(t, np.ndarray)
+    mean, std = _standardise(x)
+    # L-BFGS in float32: at 5,000 x 768 x 3 classes it measured 1.6x faster than float64 and
+    # the same probabilities to 1e-6; ridge's normal equations want float64
+    dtype = torch.float64 if cfg.kind == "regression" else torch.float32
+    xs = torch.from_numpy(x).to(dtype, copy=True)  # one copy, standardised in place
+    xs.sub_(torch.from_numpy(mean)).div_(torch.from_numpy(std))
+    t_mean, t_std = 0.0, 1.0
+    if cfg.kind == "regression":  # standardised targets, as the Adam path (and its wd scale)
+        t_mean, t_std = float(t.mean()), float(t.std()) or 1.0
+        states = _ridge(xs, torch.from_numpy((t.astype(np.float64) - t_mean) / t_std), wds)
+    else:
+        labels, states = torch.from_numpy(t), []
+        for wd in wds:
+            start = _lbfgs(xs, labels, out, wd, cfg, start)
+            states.append(start)
+    heads = []
+    for state in states:
+        layer = nn.Linear(x.shape[1], out)
+        with torch.no_grad():
+            layer.weight.copy_(state[0])
+            layer.bias.copy_(state[1])
+        head = FittedHead(cfg.kind, nn.Sequential(layer), mean, std, t_mean, t_std)
+        heads.append((head, state))
+    return heads
+
+
 def _train(
     x: np.ndarray, t: Targets, out: int, cfg: HeadConfig, lr: float, wd: float, seed: int
 ) -> FittedHead:
-    """One head on all rows of (x, t) with fixed hyper-parameters."""
-    mean = x.mean(0)
-    std = x.std(0)
-    std = np.where(std > 1e-6, std, 1.0).astype(np.float32)  # constant features stay 0
+    """One head on all rows of (x, t) with fixed hyper-parameters, mini-batch Adam."""
+    mean, std = _standardise(x)
     xs = torch.from_numpy((x - mean) / std)
     t_mean, t_std = 0.0, 1.0
     if cfg.kind == "regression":  # standardised targets: one learning-rate grid for any scale
@@ -284,16 +464,25 @@ def fit_head(
     x_train float [N, D]; y_train as the module docstring says for `config.kind`.
     `select_metric(predict(x_slice), y_slice) -> float`, higher is better (y_slice: y_train's
     rows as a numpy array, dense also for sparse soft targets). `num_outputs` fixes the number of
-    classes (default: the largest label + 1).
+    classes (default: the largest label + 1). `selection` records the chosen point, the grid's
+    scores and the slice size, or a note saying why there was no selection; the linear solvers'
+    records name the solver and leave out the (unused) learning rate.
     """
     x = _features(x_train)
     if len(x) == 0:
         raise ValueError("cannot fit a head on an empty train set")
     t, out = _targets(y_train, config.kind, len(x), num_outputs)
     grid = config.grid()
+    linear = config.solver != "adam"
+
+    def point(i: int) -> dict[str, Any]:
+        if linear:
+            return {"solver": config.solver, "weight_decay": grid[i][1]}
+        return {"learning_rate": grid[i][0], "weight_decay": grid[i][1]}
+
     n_hold = int(len(x) * config.holdout_fraction)
     need = math.ceil(config.min_holdout / config.holdout_fraction)
-    chosen, selection = grid[0], dict[str, Any]()
+    best, selection, start = 0, dict[str, Any](), None
     if len(grid) == 1:
         selection = {"note": "no selection: a single grid point"}
     elif n_hold < config.min_holdout:
@@ -301,18 +490,43 @@ def fit_head(
     else:
         perm = np.random.default_rng(seed).permutation(len(x))
         hold, rest = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
-        scores = []
-        for lr, wd in grid:
-            head = _train(x[rest], _take(t, rest), out, config, lr, wd, seed)
-            score = float(select_metric(head.predict(x[hold]), _dense(t, hold)))
-            scores.append({"learning_rate": lr, "weight_decay": wd, "score": score})
-        finite = [s["score"] if math.isfinite(s["score"]) else -math.inf for s in scores]
+        x_rest, t_rest = x[rest], _take(t, rest)
+        if linear:  # the strongest weight decay first: each L-BFGS start is near its optimum
+            order = sorted(range(len(grid)), key=lambda i: -grid[i][1])
+            fits = _fit_linear(x_rest, t_rest, out, config, [grid[i][1] for i in order], None)
+            heads = dict(zip(order, [h for h, _ in fits], strict=True))
+            states = dict(zip(order, [s for _, s in fits], strict=True))
+        else:
+            heads = {
+                i: _train(x_rest, t_rest, out, config, lr, wd, seed)
+                for i, (lr, wd) in enumerate(grid)
+            }
+        scores = [
+            float(select_metric(heads[i].predict(x[hold]), _dense(t, hold)))
+            for i in range(len(grid))
+        ]
+        finite = [s if math.isfinite(s) else -math.inf for s in scores]
         best = int(np.argmax(finite))  # the first of equal scores
-        chosen = grid[best]
-        selection = {"score": scores[best]["score"], "holdout_rows": n_hold, "grid": scores}
-    head = _train(x, t, out, config, chosen[0], chosen[1], seed)
-    head.selection = {"learning_rate": chosen[0], "weight_decay": chosen[1], **selection}
+        grid_record = [{**point(i), "score": scores[i]} for i in range(len(grid))]
+        for g in grid_record:
+            g.pop("solver", None)
+        selection = {"score": scores[best], "holdout_rows": n_hold, "grid": grid_record}
+        start = states[best] if linear else None
+    if linear:  # the refit starts from the chosen point's solution on the rest of train
+        head = _fit_linear(x, t, out, config, [grid[best][1]], start)[0][0]
+    else:
+        head = _train(x, t, out, config, grid[best][0], grid[best][1], seed)
+    head.selection = {**point(best), **selection}
     return head
 
 
-__all__ = ["FittedHead", "HeadConfig", "HeadKind", "SparseRows", "fit_head", "head_loss"]
+__all__ = [
+    "ADAM_WEIGHT_DECAYS",
+    "LINEAR_WEIGHT_DECAYS",
+    "FittedHead",
+    "HeadConfig",
+    "HeadKind",
+    "SparseRows",
+    "fit_head",
+    "head_loss",
+]

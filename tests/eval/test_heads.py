@@ -1,6 +1,7 @@
-"""Heads on frozen features (`clippo.eval.heads`): each kind learns what it should, selection on
-a slice of train picks the sensible grid point, tiny train sets are recorded, seeds reproduce,
-and the losses equal naive formulas."""
+"""Heads on frozen features (`clippo.eval.heads`): each kind learns what it should, the exact
+linear solvers (L-BFGS, ridge) equal scikit-learn's solutions, selection on a slice of train
+picks the sensible grid point, tiny train sets are recorded, seeds reproduce, and the losses
+equal naive formulas."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from clippo.eval.heads import HeadConfig, SparseRows, fit_head, head_loss
+from clippo.eval.heads import (
+    ADAM_WEIGHT_DECAYS,
+    LINEAR_WEIGHT_DECAYS,
+    HeadConfig,
+    SparseRows,
+    fit_head,
+    head_loss,
+)
 from clippo.typed_config import ConfigError
 
 
@@ -134,8 +142,8 @@ def test_too_small_train_is_recorded_not_fatal():
     cfg = HeadConfig(learning_rates=(3e-2, 1e-3), weight_decays=(1e-3, 1.0))
     head = fit_head(x, y, cfg, seed=0, select_metric=lambda p, t: calls.append(1) or 0.0)
     assert calls == []
-    assert head.selection == {
-        "learning_rate": 3e-2,
+    assert head.selection == {  # the linear solver: no learning rate to record
+        "solver": "lbfgs",
         "weight_decay": 1e-3,
         "note": "no selection: 30 train rows < minimum 200",
     }
@@ -149,6 +157,101 @@ def test_same_seed_same_predictions_other_seed_differs():
     runs = [fit_head(x, y, cfg, seed=s, select_metric=accuracy).predict(x) for s in (7, 7, 8)]
     np.testing.assert_array_equal(runs[0], runs[1])
     assert not np.array_equal(runs[0], runs[2])
+
+
+def _no_metric(pred: np.ndarray, target: np.ndarray) -> float:
+    raise AssertionError("a single grid point is not scored")
+
+
+def _logits(head, x: np.ndarray) -> np.ndarray:
+    """The head's linear outputs on its standardised features, float64 [N, C]."""
+    layer = head.module[0]
+    xs = ((x - head.mean) / head.std).astype(np.float64)
+    w = layer.weight.detach().numpy().astype(np.float64)
+    return xs @ w.T + layer.bias.detach().numpy().astype(np.float64)
+
+
+@pytest.mark.parametrize("wd", [1e-1, 1e-3])
+def test_linear_classification_equals_sklearn_logistic_regression(wd):
+    """The same objective (mean cross-entropy + wd/2 ||W||^2, biases free) is scikit-learn's
+    multinomial LogisticRegression with C = 1 / (wd N): the same decision function."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    n, d = 600, 20
+    x = (rng.normal(size=(n, d)) * 3 + 1).astype(np.float32)  # overlapping classes
+    y = (x @ rng.normal(size=(d, 3)) / 5 + rng.normal(size=(n, 3))).argmax(1)
+    head = fit_head(x, y, HeadConfig(weight_decays=(wd,)), seed=0, select_metric=_no_metric)
+    assert head.selection["solver"] == "lbfgs"
+    xs = ((x - head.mean) / head.std).astype(np.float64)
+    ref = LogisticRegression(C=1 / (wd * n), tol=1e-10, max_iter=10_000).fit(xs, y)
+    ours, theirs = _logits(head, x), ref.decision_function(xs)
+
+    def centred(z: np.ndarray) -> np.ndarray:  # softmax logits are defined up to a per-row shift
+        return z - z.mean(1, keepdims=True)
+
+    scale = np.abs(theirs).max()
+    np.testing.assert_allclose(centred(ours), centred(theirs), atol=2e-4 * scale)
+    np.testing.assert_allclose(head.predict(x), ref.predict_proba(xs), atol=3e-4)
+
+
+@pytest.mark.parametrize("n, d", [(400, 30), (50, 200)])  # primal and dual (N < D) solves
+@pytest.mark.parametrize("wd", [1.0, 1e-2, 0.0])
+def test_linear_regression_is_ridge_in_closed_form(n, d, wd):
+    """Mean squared error + wd/2 ||w||^2 on standardised features and targets is scikit-learn's
+    Ridge with alpha = wd N / 2 (the minimum-norm least squares at wd 0)."""
+    from sklearn.linear_model import LinearRegression, Ridge
+
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=(n, d)) * 2 - 1).astype(np.float32)
+    y = 5 + x @ rng.normal(size=d) + 3 * rng.normal(size=n)
+    head = fit_head(
+        x, y, HeadConfig(kind="regression", weight_decays=(wd,)), seed=0, select_metric=_no_metric
+    )
+    assert head.selection["solver"] == "ridge"
+    xs = ((x - head.mean) / head.std).astype(np.float64)
+    ts = (y - head.target_mean) / head.target_std
+    ref = Ridge(alpha=wd * n / 2, solver="svd") if wd else LinearRegression()
+    expected = ref.fit(xs, ts).predict(xs) * head.target_std + head.target_mean
+    np.testing.assert_allclose(head.predict(x), expected, rtol=1e-5, atol=1e-4 * np.abs(y).max())
+
+
+def test_linear_grid_ignores_learning_rates_and_warm_starts_to_the_same_solution():
+    x, y = separable(1000, c=3)
+    y[::7] = (y[::7] + 1) % 3  # label noise: the weight decays give different heads
+    cfg = HeadConfig(learning_rates=(1e-2, 1e-3), weight_decays=(1e-3, 1.0, 1e-1, 1.0))
+    seen = []
+
+    def metric(pred: np.ndarray, target: np.ndarray) -> float:
+        seen.append(pred)
+        return accuracy(pred, target)
+
+    head = fit_head(x, y, cfg, seed=0, select_metric=metric)
+    assert [g["weight_decay"] for g in head.selection["grid"]] == [1e-3, 1.0, 1e-1]
+    # each grid point keeps its own solution (the warm starts copy, never share, the weights)
+    assert len(seen) == 3 and min(np.abs(a - b).max() for a, b in [seen[:2], seen[1:]]) > 1e-2
+    assert "learning_rate" not in head.selection and head.selection["solver"] == "lbfgs"
+    # the refit starts from the chosen point's solution on the 90%: the same optimum as a cold
+    # start on all rows
+    alone = HeadConfig(weight_decays=(head.selection["weight_decay"],))
+    cold = fit_head(x, y, alone, seed=0, select_metric=_no_metric)
+    np.testing.assert_allclose(_logits(head, x), _logits(cold, x), atol=1e-3)
+
+
+def test_default_weight_decays_follow_the_solver():
+    assert HeadConfig().decays() == LINEAR_WEIGHT_DECAYS
+    assert HeadConfig(kind="regression").decays() == LINEAR_WEIGHT_DECAYS
+    assert HeadConfig(hidden=8).decays() == ADAM_WEIGHT_DECAYS
+    assert HeadConfig(kind="soft_multilabel").decays() == ADAM_WEIGHT_DECAYS
+    assert len(HeadConfig().grid()) == 6 and len(HeadConfig(hidden=8).grid()) == 6
+    assert HeadConfig(weight_decays=(0.5,)).decays() == (0.5,)
+
+
+def test_linear_heads_repeat_exactly():
+    x, y = separable(600)
+    runs = [fit_head(x, y, HeadConfig(), seed=s, select_metric=accuracy) for s in (5, 5)]
+    np.testing.assert_array_equal(runs[0].predict(x), runs[1].predict(x))
+    assert runs[0].selection == runs[1].selection
 
 
 def test_losses_equal_naive_formulas():
@@ -172,6 +275,10 @@ def test_bad_inputs_are_clear():
         HeadConfig(kind="ranking")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="holdout_fraction"):
         HeadConfig(holdout_fraction=1.0)
+    with pytest.raises(ConfigError, match="weight_decays"):
+        HeadConfig(weight_decays=())
+    with pytest.raises(ConfigError, match="tolerance"):
+        HeadConfig(tolerance=0.0)
     x = np.zeros((4, 3), np.float32)
     with pytest.raises(ValueError, match="label -1 at row 2"):
         fit_head(x, [0, 1, -1, 0], HeadConfig(), seed=0, select_metric=accuracy)
