@@ -450,6 +450,7 @@ def _train(
     return FittedHead(cfg.kind, module, mean, std, t_mean, t_std)
 
 
+@torch.enable_grad()  # callable from code running under no_grad (e.g. a trainer's eval hook)
 def fit_head(
     x_train: np.ndarray,
     y_train: Any,

@@ -9,7 +9,13 @@ Task: pictures of one shape (colour, shape, size, position) with alt-text captio
 templates, plus text/text pairs that paraphrase captions. `heldout_pairs` of the 64
 (colour, shape) pairs never occur in training; evaluation runs only on those unseen
 combinations: image->text and text->image retrieval over 100 held-out pairs with distinct
-captions (chance R@1 = 1%), and zero-shot colour and shape classification (chance 1/8).
+captions (chance R@1 = 1%), and zero-shot colour and shape classification (chance 1/8). After
+training, two tasks through the GLUE/VQA engine (frozen features + a seeded head, each beside
+its majority-answer baseline; `clippo.commands.demo_tasks`): VQA on held-out scenes, and an
+MRPC-style paraphrase task on the captions.
+
+Threads: one torch math thread by default, beside the one data worker: on two shared cores,
+two math threads stall each other as soon as anything else runs.
 
 Precision: the preset's unless `--precision` says otherwise; "auto" follows the fixed rule of
 `clippo.train.precision` (on a CPU, bf16 only with AMX-BF16). results.json records the precision
@@ -32,6 +38,7 @@ import numpy as np
 
 from clippo.atomic import write_bytes_atomic, write_json_atomic
 from clippo.commands.args import positive_int
+from clippo.commands.demo_tasks import QUICK_TASKS, TaskPlan, pair_task, vqa_task
 from clippo.data import synthetic
 from clippo.eval.encoders import as_encoders
 from clippo.eval.results import format_table, jsonable, save_retrieval_examples
@@ -49,6 +56,7 @@ class DemoPlan:
     retrieval_pairs: int = 100
     zeroshot_images: int = 200
     out: Path = Path("runs/demo")
+    tasks: TaskPlan = TaskPlan()
 
 
 def demo_plan(
@@ -87,6 +95,7 @@ def demo_plan(
         retrieval_pairs=20 if quick else 100,
         zeroshot_images=32 if quick else 200,
         out=Path(out),
+        tasks=QUICK_TASKS if quick else TaskPlan(),
     )
 
 
@@ -189,13 +198,19 @@ _LABELS = {
     "txt2img/r@5": "text -> image recall@5",
     "zeroshot/colour": "zero-shot colour accuracy",
     "zeroshot/shape": "zero-shot shape accuracy",
+    "vqa/accuracy": "VQA accuracy (official; majority answer per question)",
+    "pairs/accuracy": "paraphrase pairs accuracy (majority label)",
+    "pairs/f1": "paraphrase pairs F1 (majority label)",
 }
 
 
-def result_rows(metrics: Mapping[str, float], chance: Mapping[str, float]) -> list[dict]:
+def result_rows(metrics: Mapping[str, float], baseline: Mapping[str, float]) -> list[dict]:
+    """Table rows: each metric beside its baseline (chance for retrieval and zero-shot, the
+    majority answer for the trained-head tasks). Metrics that did not run are left out."""
     return [
-        {"metric": label, "held-out": metrics[k], "chance": chance[k]}
+        {"metric": label, "held-out": metrics[k], "baseline": baseline[k]}
         for k, label in _LABELS.items()
+        if k in metrics
     ]
 
 
@@ -231,10 +246,11 @@ def run_demo(
     quick: bool = False,
     steps: int | None = None,
     precision: str | None = None,
-    threads: int | None = None,
+    threads: int | None = 1,
 ) -> dict[str, Any]:
-    """Train, evaluate on the held-out split, write `out/results.json`, `out/loss_curve.png`,
-    `out/retrieval_examples.png` (and the trainer's run in `out/train/`), print a table.
+    """Train, evaluate on the held-out split, run the VQA and paraphrase tasks, write
+    `out/results.json`, `out/loss_curve.png`, `out/retrieval_examples.png` (and the trainer's
+    run in `out/train/`), print a table.
 
     precision: "bf16", "fp32" or "auto" (default: the preset's). threads: torch intra-op threads
     (None: torch's default, one per core). Returns the results dict.
@@ -264,7 +280,18 @@ def run_demo(
     device = next(result.model.parameters()).device
     chosen = choose_precision(plan.train.loop.precision, device)
     chance = chance_levels(plan, world)
-    rows = result_rows(metrics, chance)
+    t_tasks = time.perf_counter()
+    seed = plan.train.loop.seed
+    tasks = {
+        "vqa": vqa_task(result.model.eval(), world, plan.tasks, seed),
+        "pairs": pair_task(result.model.eval(), world, plan.tasks, seed),
+    }
+    tasks_seconds = time.perf_counter() - t_tasks
+    baseline = dict(chance)
+    for task in tasks.values():
+        metrics.update(task["metrics"])
+        baseline.update(task["baseline"])
+    rows = result_rows(metrics, baseline)
 
     records = read_metrics(run_dir / "metrics.jsonl")
     loss_png = plot_training(records, hook.history, out / "loss_curve.png", plan.train.loop.loss)
@@ -278,9 +305,15 @@ def run_demo(
         rs.image_ids_for_text,
         indices=np.linspace(0, len(rs.texts) - 1, 8).astype(int),
     )
-    results = {
+    total_seconds = time.perf_counter() - t_start
+    results: dict[str, Any] = {
         "metrics": metrics,
         "chance": chance,
+        "baseline": baseline,
+        "tasks": {
+            name: {k: v for k, v in t.items() if k not in ("metrics", "baseline")}
+            for name, t in tasks.items()
+        },
         "table": rows,
         "history": hook.history,
         "steps": result.step,
@@ -292,7 +325,8 @@ def run_demo(
             "setup": t_train - t_start,  # of which "eval" in the held-out hook
             "train": train_seconds,
             "eval": hook.seconds,
-            "total": time.perf_counter() - t_start,
+            "tasks": tasks_seconds,  # VQA and paraphrase features and heads
+            "total": total_seconds,
         },
         "checkpoint": str(result.checkpoint) if result.checkpoint else None,
         "heldout_pairs": [list(p) for p in synthetic.heldout_pairs(world)],
@@ -303,12 +337,18 @@ def run_demo(
     }
     write_json_atomic(jsonable(results), out / "results.json")
     n = plan.retrieval_pairs
-    print(f"\nheld-out split: {n} unseen (colour, shape) scenes with distinct captions")
+    vqa, pairs = tasks["vqa"]["rows"], tasks["pairs"]["rows"]
+    print(
+        f"\nheld-out split: {n} unseen (colour, shape) scenes with distinct captions; VQA: "
+        f"{vqa['eval']} questions on unseen-pair scenes (head: {vqa['train']} on trained pairs); "
+        f"paraphrase pairs: {pairs['eval']} (head: {pairs['train']})"
+    )
     print(format_table(rows))
     print(
-        f"{result.step} steps ({chosen}, batch {plan.train.loop.batch_size}) in "
-        f"{train_seconds:.0f} s (held-out evaluation {hook.seconds:.0f} s of it); "
-        f"results in {out / 'results.json'}"
+        f"{result.step} steps ({chosen}, batch {plan.train.loop.batch_size}, "
+        f"{torch.get_num_threads()} thread(s)) in {train_seconds:.0f} s (held-out evaluation "
+        f"{hook.seconds:.0f} s of it), tasks {tasks_seconds:.0f} s, total "
+        f"{total_seconds:.0f} s; results in {out / 'results.json'}"
     )
     return results
 
@@ -346,6 +386,9 @@ def register(subparsers: Any) -> None:
         "auto: on a CPU, bf16 only with AMX-BF16",
     )
     p.add_argument(
-        "--threads", type=positive_int, default=None, help="torch threads (default: one per core)"
+        "--threads",
+        type=positive_int,
+        default=1,
+        help="torch math threads (default: %(default)s, beside one data worker)",
     )
     p.set_defaults(func=_run)

@@ -62,7 +62,18 @@ CAPTION_TEMPLATES: tuple[str, ...] = (
     "{colour} {shape} ({num}, {size}) {where}",
 )
 
-_STREAM = {"train": 0, "heldout": 1, "text": 2, "retrieval": 3, "zeroshot": 4, "split": 5}
+_STREAM = {
+    "train": 0,
+    "heldout": 1,
+    "text": 2,
+    "retrieval": 3,
+    "zeroshot": 4,
+    "split": 5,
+    "vqa/train": 6,
+    "vqa/heldout": 7,
+    "paraphrase/train": 8,
+    "paraphrase/heldout": 9,
+}
 Split = Literal["train", "heldout"]
 
 
@@ -79,9 +90,12 @@ class SyntheticConfig:
     heldout_pairs: int = 16
     textured: bool = True  # False: plain backgrounds only
     seed: int = 0
+    # indices into CAPTION_TEMPLATES that captions are drawn from; () = all of them (a small
+    # canvas leaves out the templates whose captions it cannot show whole)
+    templates: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("shapes", "colours", "sizes", "positions", "counts"):
+        for name in ("shapes", "colours", "sizes", "positions", "counts", "templates"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if not 32 <= self.image_size <= 1024:
             raise ValueError(f"image_size must be in [32, 1024], got {self.image_size}")
@@ -103,6 +117,14 @@ class SyntheticConfig:
             unknown = [v for v in values if v not in allowed]
             if unknown:
                 raise ValueError(f"unknown {name} {unknown}; known: {allowed}")
+        bad = [t for t in self.templates if not 0 <= t < len(CAPTION_TEMPLATES)]
+        if bad or len(set(self.templates)) != len(self.templates):
+            raise ValueError(
+                f"templates {list(self.templates)}: need distinct indices in "
+                f"[0, {len(CAPTION_TEMPLATES)})"
+            )
+        if len(self.templates) == 1:
+            raise ValueError("templates: paraphrases need at least two (or () for all)")
         n_pairs = len(self.colours) * len(self.shapes)
         if not 0 <= self.heldout_pairs <= n_pairs - max(len(self.colours), len(self.shapes)):
             raise ValueError(
@@ -119,6 +141,11 @@ class SyntheticConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SyntheticConfig:
         return typed_config.from_dict(cls, d)
+
+
+def caption_templates(config: SyntheticConfig) -> tuple[str, ...]:
+    """The caption templates in use: `config.templates` of `CAPTION_TEMPLATES`, or all."""
+    return tuple(CAPTION_TEMPLATES[t] for t in config.templates) or CAPTION_TEMPLATES
 
 
 def _rng(config: SyntheticConfig, stream: str, i: int) -> np.random.Generator:
@@ -247,7 +274,8 @@ class SyntheticImageText:
     def __getitem__(self, i: int) -> tuple[np.ndarray, str]:
         rng = self._item_rng(i)
         scene = sample_scene(self.config, self._pairs, rng)
-        text = caption(scene, CAPTION_TEMPLATES[rng.integers(len(CAPTION_TEMPLATES))])
+        templates = caption_templates(self.config)
+        text = caption(scene, templates[rng.integers(len(templates))])
         return render_scene(scene, self.config.image_size, rng, self.config.textured), text
 
 
@@ -267,8 +295,9 @@ class SyntheticTextPairs:
     def __getitem__(self, i: int) -> tuple[str, str]:
         rng = _rng(self.config, "text", _check_index(i, self.length))
         scene = sample_scene(self.config, self._pairs, rng)
-        a, b = rng.choice(len(CAPTION_TEMPLATES), size=2, replace=False)
-        return caption(scene, CAPTION_TEMPLATES[a]), caption(scene, CAPTION_TEMPLATES[b])
+        templates = caption_templates(self.config)
+        a, b = rng.choice(len(templates), size=2, replace=False)
+        return caption(scene, templates[a]), caption(scene, templates[b])
 
 
 # ---- evaluation sets (held-out combinations only) --------------------------------------------
@@ -298,7 +327,7 @@ def retrieval_set(
     """`n` distinct held-out scenes (so `n` distinct captions), each drawn once.
 
     `template`: index into `CAPTION_TEMPLATES` for every caption, or None for a seeded random
-    template per caption.
+    template (of `caption_templates(config)`) per caption.
     """
     scenes = list(iter_scenes(config, "heldout"))
     if n > len(scenes):
@@ -309,10 +338,14 @@ def retrieval_set(
     rng = _rng(config, "retrieval", 0)
     chosen = [scenes[j] for j in rng.permutation(len(scenes))[:n]]
     images, texts = [], []
+    in_use = caption_templates(config)
     for k, scene in enumerate(chosen):
         item_rng = _rng(config, "retrieval", k + 1)
-        t = template if template is not None else int(item_rng.integers(len(CAPTION_TEMPLATES)))
-        texts.append(caption(scene, CAPTION_TEMPLATES[t]))
+        if template is not None:
+            text = caption(scene, CAPTION_TEMPLATES[template])
+        else:
+            text = caption(scene, in_use[int(item_rng.integers(len(in_use)))])
+        texts.append(text)
         images.append(render_scene(scene, config.image_size, item_rng, config.textured))
     assert len(set(texts)) == n, "distinct scenes must give distinct captions"
     return RetrievalSet(np.stack(images), tuple(texts), np.arange(n, dtype=np.int64), tuple(chosen))
@@ -350,6 +383,119 @@ def zeroshot_sets(config: SyntheticConfig, n: int = 200) -> dict[str, ZeroShotSe
         labels = np.array([names.index(getattr(s, task)) for s in scenes], dtype=np.int64)
         out[task] = ZeroShotSet(stacked, labels, names, zeroshot_templates(config, task))
     return out
+
+
+# ---- downstream tasks: VQA questions and caption paraphrases --------------------------------
+
+# One question per attribute; the answer is the attribute's value (one object per scene, so no
+# counting). Short enough for one 16-px line from 80 px up, so the scene keeps most of the canvas.
+VQA_QUESTIONS: Mapping[str, str] = {
+    "colour": "colour?",
+    "shape": "shape?",
+    "size": "size?",
+    "position": "where?",
+}
+
+
+@dataclass(frozen=True)
+class VQASet:
+    """Questions about scenes: row j asks `questions[j]` about `images[image_ids[j]]`.
+
+    `kinds[j]` is the attribute asked about (a key of `VQA_QUESTIONS`), `answers[j]` its value.
+    """
+
+    images: np.ndarray  # uint8 [M, S, S, 3], one per scene
+    image_ids: np.ndarray  # int64 [N]
+    questions: tuple[str, ...]
+    kinds: tuple[str, ...]
+    answers: tuple[str, ...]
+    scenes: tuple[Scene, ...]  # [M]
+
+
+def vqa_set(config: SyntheticConfig, split: Split, n_scenes: int) -> VQASet:
+    """`n_scenes` random scenes of a split (`"heldout"`: unseen colour/shape pairs only), each
+    asked every question of `VQA_QUESTIONS`: N = 4 * n_scenes rows, scene-major."""
+    if n_scenes < 1:
+        raise ValueError(f"n_scenes must be >= 1, got {n_scenes}")
+    pairs = _pairs(config, split)
+    scenes, images = [], []
+    for i in range(n_scenes):
+        rng = _rng(config, f"vqa/{split}", i)
+        scene = sample_scene(config, pairs, rng)
+        scenes.append(scene)
+        images.append(render_scene(scene, config.image_size, rng, config.textured))
+    rows = [(i, kind) for i in range(n_scenes) for kind in VQA_QUESTIONS]
+    return VQASet(
+        images=np.stack(images),
+        image_ids=np.array([i for i, _ in rows], dtype=np.int64),
+        questions=tuple(VQA_QUESTIONS[kind] for _, kind in rows),
+        kinds=tuple(kind for _, kind in rows),
+        answers=tuple(str(getattr(scenes[i], kind)) for i, kind in rows),
+        scenes=tuple(scenes),
+    )
+
+
+@dataclass(frozen=True)
+class PairSet:
+    """Caption pairs: label 1 when `a[j]` and `b[j]` describe the same scene (a paraphrase in
+    another template), 0 when `b[j]`'s scene differs from `a[j]`'s in one attribute (`changed[j]`;
+    "" for paraphrases)."""
+
+    a: tuple[str, ...]
+    b: tuple[str, ...]
+    labels: np.ndarray  # int64 [N], 1 = paraphrase
+    changed: tuple[str, ...]
+
+
+_PAIR_ATTRIBUTES = ("colour", "shape", "size", "position")
+
+
+def _with(scene: Scene, attribute: str, value: str) -> Scene:
+    """The scene with one (string-valued) attribute changed."""
+    fields = dataclasses.asdict(scene)
+    fields[attribute] = value
+    return Scene(**fields)
+
+
+def _in(scene: Scene, pairs: Sequence[tuple[str, str]]) -> bool:
+    return (scene.colour, scene.shape) in pairs
+
+
+def paraphrase_pairs(config: SyntheticConfig, split: Split, n: int) -> PairSet:
+    """`n` caption pairs, alternately paraphrase (label 1) and not (label 0), so the labels are
+    balanced. Caption a describes a random scene of the split; the two captions use two different
+    templates (of `caption_templates(config)`), so the wording differs in every pair and only
+    the content tells them apart. A non-paraphrase changes one attribute (uniformly chosen) to
+    another of the world's values (`size` and `position` need two values in the world); in
+    "train" the changed scene stays within the training (colour, shape) pairs, so no unseen
+    combination is ever read while a head trains."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    pairs = _pairs(config, split)
+    values = {
+        "colour": config.colours,
+        "shape": config.shapes,
+        "size": config.sizes,
+        "position": config.positions,
+    }
+    changeable = [k for k in _PAIR_ATTRIBUTES if len(values[k]) > 1]
+    templates = caption_templates(config)
+    a, b, labels, changed = [], [], [], []
+    for i in range(n):
+        rng = _rng(config, f"paraphrase/{split}", i)
+        scene = sample_scene(config, pairs, rng)
+        ta, tb = rng.choice(len(templates), size=2, replace=False)
+        other, what = scene, ""
+        if i % 2 == 1:
+            what = changeable[int(rng.integers(len(changeable)))]
+            options = [_with(scene, what, v) for v in values[what]]
+            options = [s for s in options if s != scene and (split == "heldout" or _in(s, pairs))]
+            other = options[int(rng.integers(len(options)))]
+        a.append(caption(scene, templates[ta]))
+        b.append(caption(other, templates[tb]))
+        labels.append(0 if what else 1)
+        changed.append(what)
+    return PairSet(tuple(a), tuple(b), np.array(labels, dtype=np.int64), tuple(changed))
 
 
 # ---- canvas check ----------------------------------------------------------------------------

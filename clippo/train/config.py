@@ -258,13 +258,18 @@ def _demo() -> TrainConfig:
     - text/text pairs at 25% of each batch: with none, the model never learns to read in the time
       (chance after 900 steps); at 50% image/text learning is slower;
     - 96 px (every caption still fits), patch 16: 112 and 128 px learn less in the same time;
+      80 px (template 8 left out, as its captions do not fit) with 800 steps cost about 0.75x
+      the CPU time but reached only 0.54/0.53 held-out R@1 (image->text/text->image);
     - 4 blocks of width 128 (2 heads): 1.8x the steps per second of width 192, and more steps
       beat more width here (held-out R@1 0.59 after 1,100 steps vs 0.44 after 600 at width 192);
     - batch 128 (better than 64 for the same time), AdamW (beta2 0.95), peak lr 5e-4 (1e-3 stayed
       at chance with a 30-step warm-up, and was no better with 100), cosine schedule, clipping
       1.0, temperature init 10 (20 stayed at chance);
     - float32: at width 128 bf16 autocast is slower than float32 even on a CPU with AMX-BF16
-      (the casts around LayerNorm, GELU and softmax cost what the matmuls save).
+      (the casts around LayerNorm, GELU and softmax cost what the matmuls save);
+    - one data worker (scenes and captions are cheap to draw) beside one torch math thread
+      (`clippo demo --threads`, default 1): on two shared cores two math threads stall each
+      other as soon as another process runs (1.8 -> 0.3-0.4 steps/s).
     """
     world = {"counts": [1], "heldout_pairs": 10}
     return TrainConfig(

@@ -22,8 +22,10 @@ from clippo.commands.demo import (
     result_rows,
     scene_config,
 )
+from clippo.commands.demo_tasks import TaskPlan, pair_task, vqa_task
 from clippo.data import synthetic
 from clippo.eval.retrieval import retrieval_metrics
+from clippo.eval.vqa_metric import vqa_score
 from clippo.render import UnifontRenderer
 from clippo.train import train
 from clippo.train.config import ConfigError, config_from_dict, preset
@@ -37,19 +39,32 @@ METRICS = (
     "zeroshot/colour",
     "zeroshot/shape",
 )
+TASK_METRICS = ("vqa/accuracy", "pairs/accuracy", "pairs/f1")
 
 
 def test_quick_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--threads", "1"]) == 0
     printed = capsys.readouterr().out
-    assert "image -> text recall@1" in printed and "chance" in printed
+    assert "image -> text recall@1" in printed and "baseline" in printed
+    assert "VQA accuracy" in printed and "paraphrase pairs F1" in printed
 
     results = json.loads((out / "results.json").read_text())
     assert set(METRICS) <= set(results["metrics"])
     assert all(0.0 <= results["metrics"][k] <= 1.0 for k in METRICS)
     assert results["chance"]["img2txt/r@1"] == pytest.approx(1 / 20)  # quick: 20 pairs
     assert results["steps"] == 4 and np.isfinite(results["final_loss"])
+    # the two engine tasks, each beside its majority baseline, in the table and results.json
+    for key in TASK_METRICS:
+        assert 0.0 <= results["metrics"][key] <= 1.0 and 0.0 <= results["baseline"][key] <= 1.0
+    assert [r["metric"] for r in results["table"]][-3:] == [
+        "VQA accuracy (official; majority answer per question)",
+        "paraphrase pairs accuracy (majority label)",
+        "paraphrase pairs F1 (majority label)",
+    ]
+    assert results["tasks"]["vqa"]["rows"] == {"train": 4 * 40, "eval": 4 * 20}
+    assert results["tasks"]["pairs"]["rows"] == {"train": 200, "eval": 60}
+    assert results["threads"] == 1 and results["seconds"]["tasks"] > 0
     # the precision the preset asks for, recorded with the reason it was chosen
     asked = preset("demo").loop.precision
     assert results["config"]["loop"]["precision"] == asked
@@ -96,6 +111,17 @@ class _Stop(Exception):
 # and all three must hold.
 LEARN_STEPS = 400
 LEARN_BOUNDS = {"img2txt/r@5": 0.12, "txt2img/r@5": 0.12, "zeroshot/colour": 0.2}
+# The engine tasks on the model at LEARN_STEPS (seed 0, one thread, 2-core Xeon): VQA accuracy
+# 0.325 against the per-question majority's 0.240 (800 questions: one standard error ~0.016);
+# paraphrase accuracy 0.765 / F1 0.753 against the majority label's 0.500 / 0.667 (600 pairs:
+# standard error ~0.02). At the end of the run (1,000 steps) VQA reaches 0.425 and pairs
+# 0.772 / 0.750. Each bound below keeps half or less of the measured margin, for other
+# processors' rounding: (task, metric, margin over its majority baseline).
+TASK_MARGINS = (
+    ("vqa", "vqa/accuracy", 0.04),
+    ("pairs", "pairs/accuracy", 0.13),
+    ("pairs", "pairs/f1", 0.03),
+)
 
 
 @pytest.mark.slow
@@ -104,17 +130,32 @@ def test_the_first_steps_of_the_demo_learn(tmp_path):
     logging = dataclasses.replace(plan.train.logging, eval_every_steps=LEARN_STEPS, progress=False)
     world = scene_config(plan.train)
     heldout = HeldoutEval(world, plan.retrieval_pairs, plan.zeroshot_images)
+    trained = []
 
     def evaluate_then_stop(model, step):
         heldout(model, step)
+        trained.append(model)  # the tasks train heads: after the hook's no_grad, below
         raise _Stop  # the run's schedule stays the demo's; only its length is cut
 
-    with pytest.raises(_Stop):
-        train(plan.train.replace(logging=logging), hooks=[evaluate_then_stop])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the demo's default
+    try:
+        with pytest.raises(_Stop):
+            train(plan.train.replace(logging=logging), hooks=[evaluate_then_stop])
+        tasks = {
+            "vqa": vqa_task(trained[0], world, plan.tasks),
+            "pairs": pair_task(trained[0], world, plan.tasks),
+        }
+    finally:
+        torch.set_num_threads(threads)
     metrics, chance = heldout.history[-1], chance_levels(plan, world)
     assert metrics["step"] == LEARN_STEPS
     for key, bound in LEARN_BOUNDS.items():
         assert metrics[key] >= bound, f"{key} {metrics[key]:.3f} < {bound} (chance {chance[key]})"
+    # the engine tasks beat their majority baselines by a margin
+    for name, key, margin in TASK_MARGINS:
+        got, base = tasks[name]["metrics"][key], tasks[name]["baseline"][key]
+        assert got >= base + margin, f"{key} {got:.3f} < baseline {base:.3f} + {margin}"
 
 
 def test_the_demo_runs_the_demo_preset(tmp_path):
@@ -167,18 +208,21 @@ def test_chance_levels_are_what_random_embeddings_score(tmp_path):
         assert chance[f"zeroshot/{task}"] == pytest.approx(1 / len(sets[task].class_names))
 
 
-def test_table_rows_pair_each_metric_with_its_own_chance():
-    keys = list(METRICS)
+def test_table_rows_pair_each_metric_with_its_own_baseline():
+    keys = [*METRICS, *TASK_METRICS]
     metrics = {k: 0.5 + i / 100 for i, k in enumerate(keys)}
-    chance = {k: i / 100 for i, k in enumerate(keys)}
-    rows = result_rows(metrics, chance)
+    baseline = {k: i / 100 for i, k in enumerate(keys)}
+    rows = result_rows(metrics, baseline)
     assert len(rows) == len(keys) and len({r["metric"] for r in rows}) == len(keys)
-    assert all(r["held-out"] - r["chance"] == pytest.approx(0.5) for r in rows)
+    assert all(r["held-out"] - r["baseline"] == pytest.approx(0.5) for r in rows)
+    # a metric that did not run has no row
+    assert len(result_rows({k: metrics[k] for k in METRICS}, baseline)) == len(METRICS)
 
 
 def test_every_demo_caption_fits_the_canvas(tmp_path):
-    """Every caption of every scene (train and held-out) in every template stays whole at the
-    demo's image size: a clipped caption would make its scene unreadable."""
+    """Every caption of every scene (train and held-out) in every template the demo uses stays
+    whole at the demo's image size: a clipped caption would make its scene unreadable. The
+    templates it leaves out are exactly those with a caption that does not fit."""
     plan = demo_plan(tmp_path)
     world = scene_config(plan.train)
     size = plan.train.model.image_size
@@ -186,12 +230,16 @@ def test_every_demo_caption_fits_the_canvas(tmp_path):
     scenes = [*synthetic.iter_scenes(world, "train"), *synthetic.iter_scenes(world, "heldout")]
     every = len(world.colours) * len(world.shapes) * len(world.sizes) * len(world.positions)
     assert len(scenes) == every * len(world.counts)
+    in_use = synthetic.caption_templates(world)
     for template in synthetic.CAPTION_TEMPLATES:
-        for scene in scenes:
-            text = synthetic.caption(scene, template)
-            assert check(text), f"caption does not fit {size}px: {text!r}"
+        fits = all(check(synthetic.caption(scene, template)) for scene in scenes)
+        assert fits == (template in in_use), template
     # the check can fail: a caption twice as long does not fit
-    assert not check(synthetic.caption(scenes[0], synthetic.CAPTION_TEMPLATES[8]) * 2)
+    assert not check(synthetic.caption(scenes[0], synthetic.CAPTION_TEMPLATES[0]) * 2)
+    # the VQA questions fit the band the demo gives them
+    band_rows = plan.tasks.band // 16
+    for question in synthetic.VQA_QUESTIONS.values():
+        assert UnifontRenderer(image_size=size).layout([question]).rows_used[0] <= band_rows
 
 
 def test_caption_prompts_are_training_captions_with_the_class_left_open(tmp_path):
@@ -208,3 +256,82 @@ def test_caption_prompts_are_training_captions_with_the_class_left_open(tmp_path
     assert synthetic.caption(scene, synthetic.CAPTION_TEMPLATES[0]) in filled
     with pytest.raises(ValueError, match="task"):
         caption_prompts(world, "size")
+
+
+# ---- the engine tasks ---------------------------------------------------------------------------
+
+
+def test_vqa_questions_ask_about_the_scene_and_held_out_scenes_are_unseen_pairs(tmp_path):
+    world = scene_config(demo_plan(tmp_path).train)
+    train, test = synthetic.vqa_set(world, "train", 30), synthetic.vqa_set(world, "heldout", 12)
+    assert len(test.questions) == 4 * 12
+    assert test.images.shape == (12, world.image_size, world.image_size, 3)
+    for data, pairs in (
+        (train, synthetic.train_pairs(world)),
+        (test, synthetic.heldout_pairs(world)),
+    ):
+        assert all((s.colour, s.shape) in pairs for s in data.scenes)
+        for j, (kind, answer) in enumerate(zip(data.kinds, data.answers)):
+            assert data.questions[j] == synthetic.VQA_QUESTIONS[kind]
+            assert answer == getattr(data.scenes[data.image_ids[j]], kind)
+    # ten identical human answers: the official accuracy is exact match after normalisation
+    assert vqa_score("red", ["red"] * 10) == 1.0 and vqa_score("blue", ["red"] * 10) == 0.0
+    # a pure function of (world, split, index)
+    again = synthetic.vqa_set(world, "heldout", 12)
+    assert np.array_equal(again.images, test.images) and again.answers == test.answers
+
+
+def test_paraphrase_pairs_differ_in_wording_and_non_paraphrases_in_one_attribute(tmp_path):
+    world = scene_config(demo_plan(tmp_path).train)
+    pairs = synthetic.paraphrase_pairs(world, "train", 200)
+    assert pairs.labels.tolist() == [1, 0] * 100
+    templates = synthetic.caption_templates(world)
+
+    def scenes_of(text):  # every (template, scene) whose caption is `text`
+        return {
+            (t, s)
+            for t in templates
+            for s in [
+                *synthetic.iter_scenes(world, "train"),
+                *synthetic.iter_scenes(world, "heldout"),
+            ]
+            if synthetic.caption(s, t) == text
+        }
+
+    for a, b, label, changed in list(zip(pairs.a, pairs.b, pairs.labels, pairs.changed))[:20]:
+        ((ta, sa),), ((tb, sb),) = scenes_of(a), scenes_of(b)
+        assert ta != tb  # the wording always differs
+        diff = [
+            k for k in ("colour", "shape", "size", "position") if getattr(sa, k) != getattr(sb, k)
+        ]
+        assert diff == ([] if label else [changed])
+        # training pairs never read an unseen (colour, shape) combination
+        assert {(sa.colour, sa.shape), (sb.colour, sb.shape)} <= set(synthetic.train_pairs(world))
+    assert set(pairs.changed[1::2]) == {"colour", "shape", "size", "position"}
+
+
+def _tiny_model(image_size):
+    torch.manual_seed(0)
+    cfg = clippo.ModelConfig.from_variant("tiny-test", image_size=image_size)
+    return clippo.CLIPPO(cfg).eval()
+
+
+def test_the_tasks_are_deterministic_and_the_render_mode_refuses_pairs_that_do_not_fit(tmp_path):
+    world = scene_config(demo_plan(tmp_path).train)
+    model = _tiny_model(world.image_size)
+    plan = TaskPlan(vqa_train_scenes=30, vqa_eval_scenes=10, pair_train=60, pair_eval=20)
+    first = vqa_task(model, world, plan), pair_task(model, world, plan)
+    second = vqa_task(model, world, plan), pair_task(model, world, plan)
+    assert first == second
+    # majority baselines, computed by hand from the sets
+    train = synthetic.vqa_set(world, "train", 30)
+    sizes = [a for a, k in zip(train.answers, train.kinds) if k == "size"]
+    assert first[0]["majority_answers"]["size"] == max(sorted(set(sizes)), key=sizes.count)
+    assert first[1]["baseline"] == {"pairs/accuracy": 0.5, "pairs/f1": pytest.approx(2 / 3)}
+    # captions in all ten templates (3-5 lines each) do not fit two to an image: render mode
+    # says so instead of clipping them
+    with pytest.raises(ValueError, match="do not fit"):
+        pair_task(model, world, dataclasses.replace(plan, pair_mode="render", pair_templates=()))
+    # the demo's pairs, in the short templates (3 lines each), do fit, and render mode runs
+    got = pair_task(model, world, dataclasses.replace(plan, pair_mode="render"))
+    assert got["pair_mode"] == "render" and 0.0 <= got["metrics"]["pairs/f1"] <= 1.0

@@ -296,3 +296,15 @@ def test_bad_inputs_are_clear():
         fit_head(x, [0, 1, 1, 0], HeadConfig(), seed=0, select_metric=accuracy).predict(
             np.zeros((2, 5))
         )
+
+
+def test_fit_head_works_under_no_grad() -> None:
+    # trainer hooks run under torch.no_grad(); fitting a head there must still train it
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 8)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    for hidden in (0, 16):
+        config = HeadConfig(kind="classification", hidden=hidden, epochs=5, min_steps=50)
+        with torch.no_grad():
+            head = fit_head(x, y, config, seed=0, select_metric=lambda p, t: 0.0)
+        assert (head.predict(x).argmax(1) == y).mean() > 0.9
