@@ -125,7 +125,7 @@ class _Photos:
 
     def __init__(self, model: CLIPPO, band: int, pool: Executor | None) -> None:
         self.renderer, self.band, self.pool = model.renderer, band, pool
-        self.size = model.renderer.config.image_size
+        self.size = model.config.vit.image_size
 
     def _photo(self, record: VQARecord) -> Image.Image | np.ndarray:
         if self.band >= self.size:  # the band covers the image: the photo is not shown
@@ -314,7 +314,7 @@ def run_vqa(
     """Train heads on `options.train_split`, answer `options.eval_split`; write the official
     results file under `out_dir` and return the results.json body (module docstring)."""
     o = options
-    size = model.renderer.config.image_size
+    size = model.config.vit.image_size
     band = size // 2 if o.band is None else o.band
     if band > size:
         raise ValueError(f"band={band} px is taller than the model's {size} px image")

@@ -39,7 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from clippo.atomic import atomic_file, write_json_atomic
-from clippo.render import RenderConfig, UnifontRenderer
+from clippo.render import AnyRenderConfig, Renderer, build_renderer, renderer_name
 from clippo.render.corpus_io import BadRow, CorpusReader, CorpusSource, open_reader, shard_path
 from clippo.render.shards import (
     KEY_DIGITS,
@@ -123,6 +123,7 @@ class RenderSummary:
     skipped_rows: tuple[SkippedRow, ...]
     options: ShardOptions
     render: dict[str, Any] = field(default_factory=dict)
+    renderer: str = "unifont"  # which renderer `render` configures
 
     @property
     def rows_per_second(self) -> float:
@@ -166,7 +167,7 @@ class _ShardTask:
     shard: int
     path: str
     rows: list[tuple[int, str]]
-    render: RenderConfig
+    render: AnyRenderConfig
     options: ShardOptions
 
 
@@ -179,13 +180,13 @@ class _ShardResult:
 
 
 @functools.lru_cache(maxsize=4)
-def _renderer(config: RenderConfig) -> UnifontRenderer:
-    # One renderer per process and config: its ink table takes ~0.2 s to build, once per shard
-    # would dominate small shards.
-    return UnifontRenderer.from_config(config)
+def _renderer(config: AnyRenderConfig) -> Renderer:
+    # One renderer per process and config: Unifont's ink table takes ~0.2 s to build and the
+    # text renderer's word cache warms over a run; once per shard would dominate small shards.
+    return build_renderer(config)
 
 
-def _render_rows(renderer: UnifontRenderer, texts: Sequence[str]) -> list[np.ndarray | str]:
+def _render_rows(renderer: Renderer, texts: Sequence[str]) -> list[np.ndarray | str]:
     """Greyscale images np.uint8 [H, W] per text; if the batch fails, render row by row so that only the
     failing rows are lost (their entry is the error message)."""
     try:
@@ -207,7 +208,8 @@ def _write_shard(task: _ShardTask, on_rows: Callable[[int], None] | None = None)
     renderer = _renderer(task.render)
     written, skipped = 0, []
     with atomic_file(task.path) as f:
-        writer = WRITERS[task.options.output_format](f, task.render)
+        # shards.py annotates RenderConfig; its writers only store `render.to_dict()`
+        writer = WRITERS[task.options.output_format](f, task.render)  # type: ignore[arg-type]
         try:
             bs = task.options.batch_size
             for i in range(0, len(task.rows), bs):
@@ -322,9 +324,10 @@ def _remove_leftovers(options: ShardOptions) -> None:
 _SHARD_NAME = re.compile(r"-\d{6}\.(?:tar|parquet)")
 
 
-def _settings(render: RenderConfig, options: ShardOptions) -> dict[str, Any]:
+def _settings(render: AnyRenderConfig, options: ShardOptions) -> dict[str, Any]:
     return {
         "kind": KIND,
+        "renderer": renderer_name(render),
         "render": render.to_dict(),
         "rows_per_shard": options.rows_per_shard,
         "output_format": options.output_format,
@@ -366,7 +369,7 @@ def _manifest_lock(options: ShardOptions) -> Iterator[None]:
         os.close(fd)
 
 
-def _check_manifest(render: RenderConfig, options: ShardOptions) -> dict[str, dict[str, int]]:
+def _check_manifest(render: AnyRenderConfig, options: ShardOptions) -> dict[str, dict[str, int]]:
     """Refuse to mix shards made with other settings in one output folder; record ours.
 
     Returns the finished shards' records {file name: {"rows", "bytes"}}."""
@@ -388,6 +391,7 @@ def _check_manifest(render: RenderConfig, options: ShardOptions) -> dict[str, di
             return {}
         old = _read_manifest(path)
     shards = old.pop("shards")
+    old.setdefault("renderer", "unifont")  # manifests from before the text renderer
     if old != json.loads(json.dumps(settings)):
         diff = sorted(k for k in settings.keys() | old.keys() if old.get(k) != settings.get(k))
         raise ValueError(
@@ -426,12 +430,18 @@ def _verify_shard(path: Path, record: dict[str, int] | None, options: ShardOptio
 
 
 def render_corpus(
-    source: CorpusSource, render: RenderConfig, options: ShardOptions, *, progress: bool = True
+    source: CorpusSource, render: AnyRenderConfig, options: ShardOptions, *, progress: bool = True
 ) -> RenderSummary:
     """Render this job's shards of `source` (skipping verified finished ones); return the summary.
 
     Raises OutputBusyError while another run writes into the same folder (or the same job of a
     job array), ValueError for a corrupt manifest or shards of unknown settings."""
+    for name in ("background_brightness", "text_brightness"):
+        colour = getattr(render, name)
+        if isinstance(colour, tuple) and len(set(colour)) > 1:
+            raise ValueError(
+                f"render.{name}={colour}: shards hold greyscale PNGs; give a grey level"
+            )
     reader = open_reader(source)
     Path(options.output_dir).mkdir(parents=True, exist_ok=True)
     with _output_lock(options):
@@ -443,7 +453,7 @@ def render_corpus(
 def _render_locked(
     reader: CorpusReader,
     records: dict[str, dict[str, int]],
-    render: RenderConfig,
+    render: AnyRenderConfig,
     options: ShardOptions,
     progress: bool,
 ) -> RenderSummary:
@@ -512,6 +522,7 @@ def _render_locked(
         skipped_rows=tuple(sorted(skipped, key=lambda s: s.row)),
         options=options,
         render=render.to_dict(),
+        renderer=renderer_name(render),
     )
 
 

@@ -21,7 +21,6 @@ from typing import cast
 
 import torch
 
-from clippo import typed_config
 from clippo.model.bigvision import (
     CheckpointError,
     image_init_params,
@@ -96,7 +95,7 @@ def read_config(directory: str | os.PathLike) -> ModelConfig:
     if "model" not in meta:
         raise CheckpointError(f"{path}: missing key 'model' (the model config)")
     try:  # under the prefix "model", so errors name the key as it stands in the file
-        return typed_config.from_dict(ModelConfig, meta["model"], "model")
+        return ModelConfig.from_dict(meta["model"], "model")
     except ValueError as e:  # ConfigError, and the renderer's own checks
         raise CheckpointError(f"{path}: bad model config: {e}") from e
 

@@ -3,7 +3,8 @@
 `ViTConfig` describes the one tower, `ModelConfig` the whole CLIPPO model (tower, projection,
 temperature and the renderer settings texts are drawn with). Both round-trip through plain dicts
 (`to_dict`/`from_dict`, through `clippo.typed_config`); unknown or missing keys and values of
-the wrong type are `ConfigError`s (ValueErrors) naming the key. `VARIANTS` is a read-only
+the wrong type are `ConfigError`s (ValueErrors) naming the key. The renderer is named beside its
+settings (`"renderer": "unifont" | "text"`, Unifont when absent, as in every older config.json). `VARIANTS` is a read-only
 `clippo.registry.Registry` of the named tower sizes.
 """
 
@@ -17,7 +18,15 @@ from typing import Any
 
 from clippo import typed_config
 from clippo.registry import Registry
-from clippo.render import RenderConfig
+from clippo.render import (
+    AnyRenderConfig,
+    RenderConfig,
+    RendererName,
+    TextRenderConfig,
+    config_class,
+    image_shape,
+    renderer_name,
+)
 
 POOL_TYPES = ("map", "gap")  # big_vision names: attention-probe pooling, global average pooling
 
@@ -122,16 +131,20 @@ VARIANTS.register("tiny-test", Variant(width=64, depth=2, num_heads=2, mlp_dim=1
 class ModelConfig:
     """CLIPPO one-tower model: ViT -> `head` Linear(width, out_dim) -> L2 norm; logit scale exp(t).
 
-    `render` holds the Unifont renderer settings used for texts; it defaults to big_vision's
-    defaults at the tower's image size, and its image size must equal the tower's.
+    `render` holds the settings texts are drawn with: a `RenderConfig` (big_vision's Unifont
+    renderer, the default) or a `TextRenderConfig` (`clippo.render.TextRenderer`); `renderer`
+    names which ("unifont" or "text"). Either may be left out: the name follows the settings,
+    the settings default to the named renderer's defaults at the tower's image size (Unifont
+    when neither is given). The images must be square, of the tower's image size.
     """
 
     vit: ViTConfig
     out_dim: int = 768
     temperature_init: float = 10.0
-    # None: filled in by __post_init__ (see above); the ignore keeps the None default, which
-    # typed_config.from_dict needs to read a null `render` as "the default"
-    render: RenderConfig = field(default=None)  # type: ignore[assignment]
+    # None: filled in by __post_init__ (see above); the ignores keep the None defaults, which
+    # typed_config.from_dict needs to read a null `renderer`/`render` as "the default"
+    renderer: RendererName = field(default=None)  # type: ignore[arg-type]
+    render: AnyRenderConfig = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if not isinstance(self.vit, ViTConfig):
@@ -144,12 +157,21 @@ class ModelConfig:
                 f"ModelConfig.temperature_init must be finite and > 0, got {self.temperature_init}"
             )
         if self.render is None:
-            object.__setattr__(self, "render", RenderConfig(image_size=self.vit.image_size))
-        if self.render.image_size != self.vit.image_size:
+            render_cls = config_class("unifont" if self.renderer is None else self.renderer)
+            object.__setattr__(self, "render", render_cls(image_size=self.vit.image_size))
+        name = renderer_name(self.render)
+        if self.renderer is None:
+            object.__setattr__(self, "renderer", name)
+        elif self.renderer != name:
             raise ValueError(
-                f"ModelConfig.render.image_size {self.render.image_size} != "
-                f"vit.image_size {self.vit.image_size}"
+                f"ModelConfig.renderer is {self.renderer!r} but render holds "
+                f"{type(self.render).__name__} settings (the {name!r} renderer's)"
             )
+        size = self.vit.image_size
+        h, w = image_shape(self.render)
+        if (h, w) != (size, size):  # the tower reads square images
+            got = h if h == w else f"{w}x{h}"
+            raise ValueError(f"ModelConfig.render.image_size {got} != vit.image_size {size}")
 
     @classmethod
     def from_variant(
@@ -158,7 +180,7 @@ class ModelConfig:
         image_size: int = 224,
         out_dim: int | None = None,
         temperature_init: float = 10.0,
-        render: RenderConfig | None = None,
+        render: AnyRenderConfig | None = None,
     ) -> ModelConfig:
         """Named variant; `out_dim` defaults to the tower width (CLIPPO B/16: 768)."""
         vit = ViTConfig.from_variant(name, image_size=image_size)
@@ -172,11 +194,27 @@ class ModelConfig:
             "vit": self.vit.to_dict(),
             "out_dim": self.out_dim,
             "temperature_init": self.temperature_init,
+            "renderer": self.renderer,
             "render": self.render.to_dict(),
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
-        """The `to_dict` form back; `vit` and `render` are converted as nested tables (a missing
-        or null `render` means the default at the tower's image size)."""
-        return typed_config.from_dict(cls, data)
+    def from_dict(cls, data: Mapping[str, Any], prefix: str = "") -> ModelConfig:
+        """The `to_dict` form back; `vit` and `render` are converted as nested tables. A missing
+        or null `renderer` is "unifont"; a missing or null `render` is the named renderer's
+        default at the tower's image size. `prefix` is the dotted key errors are named under.
+
+        `render` is read as the settings of the renderer `renderer` names: the two settings
+        tables share keys, so a partial table alone could not say which it is.
+        """
+        render = data.get("render") if isinstance(data, Mapping) else None
+        if render is not None and not isinstance(render, RenderConfig | TextRenderConfig):
+            key = f"{prefix}.renderer" if prefix else "renderer"
+            name = data.get("renderer")
+            try:
+                render_cls = config_class("unifont" if name is None else name)
+            except ValueError as e:
+                raise typed_config.ConfigError(f"{key}: {e}") from None
+            render_key = f"{prefix}.render" if prefix else "render"
+            data = {**data, "render": typed_config.from_dict(render_cls, render, render_key)}
+        return typed_config.from_dict(cls, data, prefix)

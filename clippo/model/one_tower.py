@@ -25,7 +25,7 @@ from clippo.model.files import save_model
 from clippo.prompts import fill
 
 if TYPE_CHECKING:
-    from clippo.render import UnifontRenderer
+    from clippo.render import Renderer
 
 NORM_EPS = 1e-8  # added to the L2 norm, as big_vision's one_tower does
 
@@ -121,7 +121,7 @@ class CLIPPO(nn.Module):
         self.vit = vit_tower(config.vit, num_classes=0, weight_init="skip")
         self.head = nn.Linear(config.vit.width, config.out_dim)
         self.t = nn.Parameter(torch.empty(1))
-        self._renderer: UnifontRenderer | None = None
+        self._renderer: Renderer | None = None
         self.reset_parameters()
 
     @classmethod
@@ -253,12 +253,13 @@ class CLIPPO(nn.Module):
         return self.vit.forward_head(self.vit.forward_features(pixels), pre_logits=True)
 
     @property
-    def renderer(self) -> UnifontRenderer:
-        """The Unifont renderer with this model's settings (`config.render`)."""
+    def renderer(self) -> Renderer:
+        """The renderer of this model's settings (`config.render`): Unifont's, or a
+        `TextRenderer` (which draws on the CPU; `render_torch` moves its pixels to the device)."""
         if self._renderer is None:
-            from clippo.render import UnifontRenderer
+            from clippo.render import build_renderer
 
-            self._renderer = UnifontRenderer.from_config(self.config.render)
+            self._renderer = build_renderer(self.config.render)
         return self._renderer
 
     def render_texts(self, texts: Sequence[str]) -> Tensor:

@@ -85,6 +85,8 @@ class ModelSection:
 
     width/depth/num_heads/mlp_dim/patch_size override the variant's sizes when set.
     init_from: a big_vision ImageNet-21k (or CLIPPO) `.npz` loaded with `clippo.load_image_init`.
+    renderer: how texts are drawn, "unifont" (big_vision's) or "text" (`clippo.render.TextRenderer`),
+    with that renderer's default settings at `image_size`; saved in the model's config.
     """
 
     variant: str = "B/16"
@@ -99,6 +101,7 @@ class ModelSection:
     init_from: str = ""
     grad_checkpointing: bool = False
     compile: bool = False
+    renderer: Literal["unifont", "text"] = "unifont"
 
     def model_config(self) -> Any:
         """-> clippo.ModelConfig: the variant's sizes with this section's overrides."""
@@ -114,7 +117,14 @@ class ModelSection:
         vit = from_dict(ViTConfig, {**sizes, "image_size": self.image_size}, "model")
         head = {"out_dim": vit.width if self.out_dim is None else self.out_dim}
         return from_dict(
-            ModelConfig, {"vit": vit, **head, "temperature_init": self.temperature_init}, "model"
+            ModelConfig,
+            {
+                "vit": vit,
+                **head,
+                "temperature_init": self.temperature_init,
+                "renderer": self.renderer,
+            },
+            "model",
         )
 
 
