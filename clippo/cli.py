@@ -26,7 +26,17 @@ COMMANDS: Registry[Callable[[Any], None]] = Registry(
     "command",
     {
         name: f"clippo.commands.{name}:register"
-        for name in ("render", "train", "eval", "embed", "convert", "demo")
+        for name in (
+            "render",
+            "train",
+            "eval",
+            "embed",
+            "convert",
+            "demo",
+            "index",
+            "search",
+            "rank",
+        )
     },
     callables=True,
 )

@@ -1,0 +1,59 @@
+"""Index build time, queries/s and recall@10 for random 768-d unit vectors: exact (IndexFlatIP,
+the baseline) vs the approximate kinds `clippo index` builds beyond --exact-up-to.
+
+    python benchmarks/search.py            # 100k vectors
+    python benchmarks/search.py --million  # 1M vectors as well
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from clippo.eval.results import format_table
+from clippo.search import Index, IndexParams, normalize, recall_at_k
+
+
+def bench(n: int, dim: int, queries: int, kinds: list[str]) -> list[dict[str, object]]:
+    rng = np.random.default_rng(0)
+    data = normalize(rng.standard_normal((n, dim), dtype=np.float32))
+    q = normalize(rng.standard_normal((queries, dim), dtype=np.float32))
+    rows, truth = [], None
+    for kind in kinds:
+        params = IndexParams(approximate="ivf" if kind == "ivf" else "hnsw", recall_sample=200)
+        start = time.perf_counter()
+        index = Index.build(data, exact_up_to=n if kind == "exact" else 0, params=params)
+        build = time.perf_counter() - start
+        start = time.perf_counter()
+        _, ids = index.query(q, 10)
+        qps = queries / (time.perf_counter() - start)
+        if truth is None:  # exact runs first: held-out queries' true top 10
+            truth = ids
+        rows.append(
+            {
+                "vectors": n,
+                "index": kind,
+                "build s": build,
+                "queries/s": qps,
+                "recall@10 (held-out)": recall_at_k(ids, truth),
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--million", action="store_true", help="also 1M vectors (memory: ~3 GB)")
+    p.add_argument("--dim", type=int, default=768)
+    p.add_argument("--queries", type=int, default=1000)
+    args = p.parse_args()
+    rows = []
+    for n in (100_000, 1_000_000) if args.million else (100_000,):
+        rows += bench(n, args.dim, args.queries, ["exact", "hnsw", "ivf"])
+        print(format_table(rows, floatfmt=".3f"), flush=True)
+
+
+if __name__ == "__main__":
+    main()
