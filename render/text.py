@@ -22,7 +22,16 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import numpy as np
 
 from clippo.render.text_fonts import BOX, INVISIBLE, UNIFONT, FontSet, font_set
-from clippo.render.text_layout import Item, itemize, visual_order, wrap
+from clippo.render.text_layout import (
+    SPACE,
+    WORD,
+    Item,
+    folded_tokens,
+    itemize,
+    split_folded,
+    visual_order,
+    wrap,
+)
 from clippo.render.unifont import ink_mask, to_pixels
 
 if TYPE_CHECKING:
@@ -31,6 +40,7 @@ if TYPE_CHECKING:
 Colour = int | tuple[int, int, int]
 _SURROGATES = re.compile("[\ud800-\udfff]")
 # line and paragraph separators all break the line; a tab is drawn as one space
+_TO_NORMALISE = re.compile("[\r\u2028\u2029\x85\t]")
 _NORMALISE = str.maketrans({"\r": "\n", "\u2028": "\n", "\u2029": "\n", "\x85": "\n", "\t": " "})
 
 
@@ -216,6 +226,8 @@ class TextRenderer:
         self.config = TextRenderConfig(**kwargs)
         self.cache_words = cache_words
         self._cache: dict[tuple[str, bool], Word] = {}
+        self._folded: dict[tuple[str, bool], tuple[Word | None, Word | None]] = {}
+        self._geometry: tuple[TextRenderConfig, float, int, int, int] | None = None
         self.hits = self.misses = 0
 
     @classmethod
@@ -231,7 +243,8 @@ class TextRenderer:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.config, self.cache_words = state["config"], state["cache_words"]
-        self._cache, self.hits, self.misses = {}, 0, 0
+        self._cache, self._folded, self.hits, self.misses = {}, {}, 0, 0
+        self._geometry = None
 
     def cache_info(self) -> dict[str, float]:
         """Word-cache entries, bytes of bitmaps held, and hit rate since construction."""
@@ -256,6 +269,63 @@ class TextRenderer:
             self._cache[key] = word
         return word
 
+    def _pair(self, fs: FontSet, token: str, rtl: bool) -> tuple[Word | None, Word | None]:
+        """A folded token -> (its word's Word, its spaces' Word), either None when empty; one
+        lookup for both (each counts as a hit), in a cache bounded like the word cache."""
+        key = (token, rtl)
+        pair = self._folded.get(key)
+        if pair is not None:
+            self.hits += (pair[0] is not None) + (pair[1] is not None)
+            return pair
+        level = int(rtl)
+        word, spaces = split_folded(token)
+        pair = (
+            self._word(fs, Item(word, WORD, level)) if word else None,
+            self._word(fs, Item(spaces, SPACE, level)) if spaces else None,
+        )
+        if len(self._folded) >= self.cache_words > 0:
+            del self._folded[next(iter(self._folded))]
+        if self.cache_words > 0:
+            self._folded[key] = pair
+        return pair
+
+    def _wrap_folded(
+        self, fs: FontSet, tokens: list[str], rtl: bool, max_width: float, max_lines: int
+    ) -> list[list[tuple[Word, Word | None]]] | None:
+        """`wrap` for folded tokens (breaks after every token): the same lines, as (word,
+        spaces) pairs; None when a word alone is wider than the line (`wrap` splits it)."""
+        lines: list[list[tuple[Word, Word | None]]] = []
+        cur: list[tuple[Word, Word | None]] = []
+        cur_w = 0.0
+        cached = self._folded.get
+        hits = 0
+        for token in tokens:
+            if len(lines) > max_lines:
+                break
+            pair = cached((token, rtl))
+            if pair is None:
+                pair = self._pair(fs, token, rtl)
+            else:
+                hits += (pair[0] is not None) + (pair[1] is not None)
+            word, spaces = pair
+            if word is None:  # leading spaces: dropped at a line's start
+                continue
+            w = word.advance
+            if cur and cur_w + w > max_width:
+                lines.append(cur)
+                cur, cur_w = [], 0.0
+            if not cur and w > max_width:
+                self.hits += hits
+                return None
+            cur.append((word, spaces))
+            cur_w += w
+            if spaces is not None:  # added apart, as `wrap` does: the same float sums
+                cur_w += spaces.advance
+        if cur:
+            lines.append(cur)
+        self.hits += hits
+        return lines[: max_lines + 1]
+
     def _split(
         self, fs: FontSet, entry: tuple[Item, Word], max_width: float
     ) -> list[tuple[Item, Word]]:
@@ -276,19 +346,34 @@ class TextRenderer:
     def _place(self, fs: FontSet, text: str) -> tuple[list[tuple[Word, int, int]], int, bool]:
         """One text -> ((word, x, baseline) of the drawn lines, lines wrapped, overflowed)."""
         cfg = self.config
-        h, w = cfg.shape
-        max_width = float(w - 2 * cfg.margin)
-        fit, pitch = cfg.lines_fit, cfg.line_pitch
-        ascent = round(cfg.font_size * 0.8)  # baseline below a line's top
+        geometry = self._geometry
+        if geometry is None or geometry[0] is not cfg:  # computed once per config, not per text
+            max_width = float(cfg.shape[1] - 2 * cfg.margin)
+            ascent = round(cfg.font_size * 0.8)  # baseline below a line's top
+            geometry = self._geometry = (cfg, max_width, cfg.lines_fit, cfg.line_pitch, ascent)
+        _, max_width, fit, pitch, ascent = geometry
         placed: list[tuple[Word, int, int]] = []
         n_lines, cut = 0, False
         if cfg.max_chars and len(text) > cfg.max_chars:
             text, cut = text[: cfg.max_chars], True
         if not text:
             return placed, 0, cut
-        for paragraph in text.replace("\r\n", "\n").translate(_NORMALISE).split("\n"):
+        if _TO_NORMALISE.search(text):  # translate is slow on non-ASCII text: only when needed
+            text = text.replace("\r\n", "\n").translate(_NORMALISE)
+        for paragraph in text.split("\n"):
             if n_lines > fit:
                 break
+            folded = folded_tokens(paragraph)
+            if folded is not None:
+                tokens, level = folded
+                flines = self._wrap_folded(fs, tokens, bool(level), max_width, fit - n_lines)
+                if flines is not None:
+                    for fline in flines or [[]]:
+                        if n_lines < fit:
+                            baseline = cfg.margin + n_lines * pitch + ascent
+                            self._place_folded(placed, fline, level, baseline)
+                        n_lines += 1
+                    continue
             items, base = itemize(paragraph)
             lines = wrap(
                 ((it, self._word(fs, it)) for it in items),
@@ -302,7 +387,7 @@ class TextRenderer:
                     ordered = visual_order(line)
                     x = float(cfg.margin)
                     if base:  # right-aligned
-                        x = w - cfg.margin - sum(wd.advance for _, wd in ordered)
+                        x = cfg.shape[1] - cfg.margin - sum(wd.advance for _, wd in ordered)
                     baseline = cfg.margin + n_lines * pitch + ascent
                     for _, wd in ordered:
                         if wd.alpha.size:
@@ -310,6 +395,43 @@ class TextRenderer:
                         x += wd.advance
                 n_lines += 1
         return placed, n_lines, cut or n_lines > fit
+
+    def _place_folded(
+        self,
+        placed: list[tuple[Word, int, int]],
+        line: list[tuple[Word, Word | None]],
+        level: int,
+        baseline: int,
+    ) -> None:
+        """Place one line of (word, spaces) pairs, all at bidi `level`, as `_place` places
+        the same items (the same float sums, so the same pixels)."""
+        cfg = self.config
+        if not level:
+            x = float(cfg.margin)
+            for word, spaces in line:
+                if word.alpha.size:
+                    placed.append((word, round(x), baseline))
+                x += word.advance
+                if spaces is not None:
+                    x += spaces.advance
+            return
+        # right to left, right-aligned: the items in reverse, the line's last spaces dropped;
+        # the width summed in that order, as `_place` sums it
+        total = 0.0
+        last = len(line) - 1
+        for i in range(last, -1, -1):
+            word, spaces = line[i]
+            if spaces is not None and i != last:
+                total += spaces.advance
+            total += word.advance
+        x = cfg.shape[1] - cfg.margin - total
+        for i in range(last, -1, -1):
+            word, spaces = line[i]
+            if spaces is not None and i != last:
+                x += spaces.advance
+            if word.alpha.size:
+                placed.append((word, round(x), baseline))
+            x += word.advance
 
     def layout(self, texts: Sequence[str | bytes]) -> TextLayout:
         """Wrap and place every text (see `TextLayout`)."""
@@ -355,23 +477,39 @@ class TextRenderer:
         # Each channel's colour is monotonic in coverage, so max-blending coverage and then
         # colouring equals blending the coloured bitmaps by that channel's min (ink darker than
         # the background) or max: words are composited in colour, with no pass over the canvas.
+        # Over untouched background that blend is the bitmap itself: a plain copy, ~3x cheaper.
         darker = table[255].astype(int) - bg.astype(int)
         channels = [(c, np.minimum if darker[c] < 0 else np.maximum) for c in range(3) if darker[c]]
+        whole = len(channels) == 3 and all(op_c is channels[0][1] for _, op_c in channels)
         if not channels:  # text in the background's colour: nothing shows
             return out
         op = channels[0][1]
-        whole = len(channels) == 3 and all(op_c is op for _, op_c in channels)
         for canvas, placed in zip(out, lay.placed):
+            # `clear_top`: rows below every earlier line's bitmaps; `clear_left`: columns right
+            # of the earlier bitmaps of this line (words are placed left to right per line)
+            clear_top, clear_left, line_y, line_bottom = 0, 0, None, 0
             for word, x, baseline in placed:
                 rgb = word.rgb
                 if rgb is None:
                     rgb = word.rgb = table[word.alpha]
                 top, left = baseline + word.y0, x + word.x0
                 ah, aw = rgb.shape[:2]
-                if whole and top >= 0 and left >= 0 and top + ah <= h and left + aw <= w:
-                    view = canvas[top : top + ah, left : left + aw]  # the common case, inline
-                    op(view, rgb, out=view)
+                if baseline != line_y:
+                    clear_top, clear_left, line_y = max(clear_top, line_bottom), 0, baseline
+                bottom, right = top + ah, left + aw
+                if bottom > line_bottom:
+                    line_bottom = bottom
+                if whole and top >= 0 and left >= 0 and bottom <= h and right <= w:
+                    view = canvas[top:bottom, left:right]  # the common case, inline
+                    if top >= clear_top and left >= clear_left:
+                        view[...] = rgb  # only background under it: blending changes nothing
+                    else:
+                        op(view, rgb, out=view)
+                    if right > clear_left:
+                        clear_left = right
                     continue
+                if right > clear_left:
+                    clear_left = right
                 for c, op_c in channels:
                     _composite(canvas[..., c], rgb[..., c], left, top, op_c)
         return out

@@ -345,3 +345,42 @@ def _regenerate() -> None:
 
 if __name__ == "__main__":
     _regenerate()
+
+
+_MIXED = [
+    "The cat sleeps on the warm windowsill.",
+    "  leading spaces and   runs\tof tabs  ",
+    "القطة تنام على حافة النافذة الدافئة.",
+    "שלום, עולם!",
+    "猫在温暖的窗台上睡觉。 and some Latin",
+    "बिल्ली गर्म खिड़की पर सो रही है।",
+    "a supercalifragilisticexpialidocious-and-then-some-more-words-without-spaces word",
+    "Привет мир 🐈 zzz",
+    "mixed עברית and English 123",
+]
+
+
+def test_the_folded_fast_path_draws_what_the_general_path_draws(monkeypatch):
+    # speed path (spaces folded into the word before them) vs the general itemised path
+    import clippo.render.text as text_module
+
+    for cfg in ({"image_size": 64}, {"width": 300, "height": 32}, {"image_size": 96}):
+        fast = TextRenderer(**cfg).render_batch(_MIXED)
+        monkeypatch.setattr(text_module, "folded_tokens", lambda paragraph: None)
+        slow = TextRenderer(**cfg).render_batch(_MIXED)
+        monkeypatch.undo()
+        assert np.array_equal(fast, slow), cfg
+
+
+_RTL_ALPHABET = (
+    "אבגדהוזחטיכלמנסעפצקרשתابتثجحخدذرسشصضطظعغفقكلمنهوي" + " .,!?:;-'\"()" + "\u05b0\u064b\u0651"
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=_RTL_ALPHABET + "a1٣\u200f\u202b", max_size=30))
+def test_the_all_rtl_shortcut_agrees_with_the_bidi_algorithm(paragraph):
+    from clippo.render.text_layout import _all_rtl
+
+    if _all_rtl(paragraph):
+        assert bidi_levels_python(paragraph) == ([1] * len(paragraph), 1)
