@@ -163,19 +163,7 @@ def _run_glue(args: argparse.Namespace) -> int:
     results = {
         "suite": "glue",
         **_provenance(args, model, device),
-        "options": {
-            "mode": options.mode,
-            "max_train_steps": options.max_train_steps,
-            "tasks": list(options.tasks),
-            "pair_mode": options.pair_mode,
-            "seeds": options.seeds,
-            "max_examples": options.max_examples,
-            "skip_bad_rows": options.skip_bad_rows,
-            "predict_test": options.predict_test,
-            "cache_dir": cache,
-            "batch_size": options.batch_size,
-            "head": options.head.__dict__,
-        },
+        "options": _options(options),
         **result,
     }
     _write(out, results, table_rows(result))
@@ -206,25 +194,19 @@ def _run_vqa(args: argparse.Namespace) -> int:
     results = {
         "suite": "vqa",
         **_provenance(args, model, device),
-        "options": {k: getattr(options, k) for k in _VQA_OPTIONS},
+        "options": _options(options),
         **result,
     }
     _write(out, results, table_rows(result))
     return 0
 
 
-_VQA_OPTIONS = (
-    "mode",
-    "max_train_steps",
-    "train_split",
-    "eval_split",
-    "seeds",
-    "max_examples",
-    "answers",
-    "band",
-    "cache_dir",
-    "batch_size",
-)
+def _options(options: Any) -> dict[str, Any]:
+    """The resolved options as results.json records them: every field (the head's and the
+    fine-tuning config's included), tuples as lists."""
+    from clippo.typed_config import to_plain
+
+    return to_plain(options)
 
 
 def _log(message: str) -> None:
