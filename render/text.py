@@ -137,6 +137,34 @@ class Word:
     clusters: tuple[tuple[int, float], ...]
     missing: int
     rgb: np.ndarray | None = None
+    # a full cell: the bitmap spans exactly its advance from the pen (a CJK character from
+    # Unifont), so consecutive cells tile a line with no gap and no overlap
+    cell: bool = False
+
+
+class CellRun:
+    """Consecutive cells of one line with the same height and top, placed as one item: drawn
+    with one `np.concatenate` into the canvas instead of one copy per character (CJK lines)."""
+
+    __slots__ = ("cells", "x0", "y0", "advance", "missing", "_alpha")
+
+    def __init__(self, cells: list[Word]) -> None:
+        self.cells = cells
+        self.x0, self.y0 = 0, cells[0].y0
+        self.advance = float(sum(c.advance for c in cells))
+        self.missing = sum(c.missing for c in cells)
+        self._alpha: np.ndarray | None = None
+
+    @property
+    def alpha(self) -> np.ndarray:
+        """Coverage uint8 [h, sum of the cells' widths]."""
+        if self._alpha is None:
+            self._alpha = np.concatenate([c.alpha for c in self.cells], axis=1)
+        return self._alpha
+
+
+# what a layout places: one item, or a run of cells drawn as one
+Placed = Word | CellRun
 
 
 @dataclass(frozen=True)
@@ -148,7 +176,7 @@ class TextLayout:
     lines: np.ndarray  # lines of text after wrapping (counted up to lines_fit + 1)
     overflow: np.ndarray  # bool: some text did not fit (more lines than drawn, or max_chars cut)
     missing: np.ndarray  # characters no bundled font covers, drawn as boxes (in drawn lines)
-    placed: list[list[tuple[Word, int, int]]]
+    placed: list[list[tuple[Placed, int, int]]]
 
 
 def _font_runs(fs: FontSet, text: str) -> list[tuple[int, int, int]]:
@@ -211,7 +239,8 @@ def build_word(fs: FontSet, text: str, rtl: bool) -> Word:
     for a, x, y in boxes:
         view = alpha[y - y0 : y - y0 + a.shape[0], x - x0 : x - x0 + a.shape[1]]
         np.maximum(view, a, out=view)
-    return Word(alpha, x0, y0, pen, tuple(clusters), missing)
+    cell = x0 == 0 and alpha.shape[1] == pen
+    return Word(alpha, x0, y0, pen, tuple(clusters), missing, cell=cell)
 
 
 class TextRenderer:
@@ -343,7 +372,7 @@ class TextRenderer:
         pieces.append(Item(item.text[start:], item.kind, item.level))
         return [(p, self._word(fs, p)) for p in pieces]
 
-    def _place(self, fs: FontSet, text: str) -> tuple[list[tuple[Word, int, int]], int, bool]:
+    def _place(self, fs: FontSet, text: str) -> tuple[list[tuple[Placed, int, int]], int, bool]:
         """One text -> ((word, x, baseline) of the drawn lines, lines wrapped, overflowed)."""
         cfg = self.config
         geometry = self._geometry
@@ -352,7 +381,7 @@ class TextRenderer:
             ascent = round(cfg.font_size * 0.8)  # baseline below a line's top
             geometry = self._geometry = (cfg, max_width, cfg.lines_fit, cfg.line_pitch, ascent)
         _, max_width, fit, pitch, ascent = geometry
-        placed: list[tuple[Word, int, int]] = []
+        placed: list[tuple[Placed, int, int]] = []
         n_lines, cut = 0, False
         if cfg.max_chars and len(text) > cfg.max_chars:
             text, cut = text[: cfg.max_chars], True
@@ -398,22 +427,48 @@ class TextRenderer:
 
     def _place_folded(
         self,
-        placed: list[tuple[Word, int, int]],
+        placed: list[tuple[Placed, int, int]],
         line: list[tuple[Word, Word | None]],
         level: int,
         baseline: int,
     ) -> None:
         """Place one line of (word, spaces) pairs, all at bidi `level`, as `_place` places
-        the same items (the same float sums, so the same pixels)."""
+        the same items (the same float sums, so the same pixels). Left to right, cells that
+        touch (each where the one before it ends) go as one `CellRun`."""
         cfg = self.config
         if not level:
             x = float(cfg.margin)
+            run: list[Word] = []
+            run_left = run_end = 0
             for word, spaces in line:
-                if word.alpha.size:
-                    placed.append((word, round(x), baseline))
+                if word.cell:
+                    left = round(x)
+                    if run and (
+                        left != run_end
+                        or word.y0 != run[0].y0
+                        or word.alpha.shape[0] != run[0].alpha.shape[0]
+                    ):
+                        placed.append(
+                            (CellRun(run) if len(run) > 1 else run[0], run_left, baseline)
+                        )
+                        run = []
+                    if not run:
+                        run_left = left
+                    run.append(word)
+                    run_end = left + word.alpha.shape[1]
+                else:
+                    if run:
+                        placed.append(
+                            (CellRun(run) if len(run) > 1 else run[0], run_left, baseline)
+                        )
+                        run = []
+                    if word.alpha.size:
+                        placed.append((word, round(x), baseline))
                 x += word.advance
                 if spaces is not None:
                     x += spaces.advance
+            if run:
+                placed.append((CellRun(run) if len(run) > 1 else run[0], run_left, baseline))
             return
         # right to left, right-aligned: the items in reverse, the line's last spaces dropped;
         # the width summed in that order, as `_place` sums it
@@ -489,6 +544,30 @@ class TextRenderer:
             # of the earlier bitmaps of this line (words are placed left to right per line)
             clear_top, clear_left, line_y, line_bottom = 0, 0, None, 0
             for word, x, baseline in placed:
+                if isinstance(word, CellRun):
+                    rgbs = []
+                    for cell in word.cells:
+                        if cell.rgb is None:
+                            cell.rgb = table[cell.alpha]
+                        rgbs.append(cell.rgb)
+                    top, left = baseline + word.y0, x
+                    if baseline != line_y:
+                        clear_top, clear_left, line_y = max(clear_top, line_bottom), 0, baseline
+                    bottom, right = top + rgbs[0].shape[0], left + int(word.advance)
+                    if bottom > line_bottom:
+                        line_bottom = bottom
+                    inside = top >= 0 and left >= 0 and bottom <= h and right <= w
+                    if whole and inside and top >= clear_top and left >= clear_left:
+                        # only background under the run: one copy of its cells side by side
+                        np.concatenate(rgbs, axis=1, out=canvas[top:bottom, left:right])
+                    else:
+                        for rgb in rgbs:
+                            for c, op_c in channels:
+                                _composite(canvas[..., c], rgb[..., c], left, top, op_c)
+                            left += rgb.shape[1]
+                    if right > clear_left:
+                        clear_left = right
+                    continue
                 rgb = word.rgb
                 if rgb is None:
                     rgb = word.rgb = table[word.alpha]

@@ -384,3 +384,35 @@ def test_the_all_rtl_shortcut_agrees_with_the_bidi_algorithm(paragraph):
 
     if _all_rtl(paragraph):
         assert bidi_levels_python(paragraph) == ([1] * len(paragraph), 1)
+
+
+_CJK_ALPHABET = "猫在温暖的窗台上睡觉。，日本語のテキスト한국어" + "ab Z." + "  "
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(alphabet=_CJK_ALPHABET, max_size=60), min_size=1, max_size=4))
+def test_cjk_cell_runs_draw_what_one_copy_per_character_draws(texts):
+    # a line's touching CJK cells are drawn with one concatenate (CellRun); with every item
+    # marked as no cell, each character is placed and copied on its own
+    import clippo.render.text as text_module
+
+    build_word = text_module.build_word
+
+    def no_cells(*args):
+        word = build_word(*args)
+        word.cell = False
+        return word
+
+    configs = (
+        {"image_size": 64},
+        {"width": 300, "height": 32, "margin": 0},  # the first line's cells start above row 0
+        {"image_size": 96, "text_brightness": (200, 20, 20), "background_brightness": 90},
+    )
+    for cfg in configs:
+        runs = TextRenderer(**cfg)
+        fast, fast_cov = runs.render_batch(texts), runs.coverage(texts)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(text_module, "build_word", no_cells)
+            single = TextRenderer(**cfg)
+            assert np.array_equal(fast, single.render_batch(texts)), cfg
+            assert np.array_equal(fast_cov, single.coverage(texts)), cfg
