@@ -31,6 +31,7 @@ NOTO_FONTS = (
     "NotoSansBengali-Regular.ttf",
     "NotoSansTamil-Regular.ttf",
     "NotoSansThai-Regular.ttf",
+    "NotoSansKhmer-Regular.ttf",
 )
 UNIFONT = len(NOTO_FONTS)  # font index of the Unifont bitmaps
 BOX = UNIFONT + 1  # "font" of characters nothing covers: a visible box, counted

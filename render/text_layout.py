@@ -77,11 +77,13 @@ _ATTACHED = (
     "\u0300-\u036f\u3099\u309a\u200c\u200d\ufe00-\ufe0f\U0001f3fb-\U0001f3ff\U000e0000-\U000e0fff"
 )
 _CLUSTER_SCRIPTS = "\u0e00-\u0eff\u1780-\u17ff"  # Thai, Lao, Khmer: no spaces between words
-# A Thai/Lao cluster: a leading vowel (written before the consonant it follows in speech), a
-# base, then its marks and the spacing vowels that never start a cluster.
+# A Thai/Lao/Khmer cluster: a leading vowel (written before the consonant it follows in
+# speech), a base, then its marks and the spacing vowels that never start a cluster; in Khmer a
+# coeng (U+17D2) and the consonant after it (drawn as a subscript) stay in the cluster too.
 _CLUSTER = (
     "[\u0e40-\u0e44\u0ec0-\u0ec4]?[" + _CLUSTER_SCRIPTS + "]"
-    "[\u0e30-\u0e3a\u0e45\u0e47-\u0e4e\u0eb0-\u0ebc\u0ec8-\u0ecd\u17b4-\u17d3\u17dd]*"
+    "(?:\u17d2[\u1780-\u17b3]"
+    "|[\u0e30-\u0e3a\u0e45\u0e47-\u0e4e\u0eb0-\u0ebc\u0ec8-\u0ecd\u17b4-\u17d3\u17dd])*"
 )
 _TOKENS = re.compile(
     f"(?P<space>[{_SPACES}]+)"

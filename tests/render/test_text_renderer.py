@@ -39,6 +39,7 @@ SAMPLES = {
     "bengali": "ওহে বিশ্ব, এটি একটি বাংলা বাক্য।",
     "tamil": "வணக்கம் உலகம், இது தமிழ் வாக்கியம்.",
     "thai": "สวัสดีชาวโลก นี่คือประโยคภาษาไทย",
+    "khmer": "សួស្តីពិភពលោក នេះជាប្រយោគខ្មែរ",
     "chinese": "你好，世界。这是一个简短的中文句子。",
     "japanese": "こんにちは世界。これは日本語の文です。",
     "korean": "안녕하세요 세계, 이것은 한국어 문장입니다.",
@@ -124,6 +125,17 @@ def test_arabic_letters_join(strip):
     n_apart = ndimage.label(ink(apart), structure=np.ones((3, 3)))[1]
     assert n_joined < n_apart
     assert n_joined == 1
+
+
+def test_khmer_subscript_consonant(strip):
+    """ក្ស: the coeng puts ស under ក (narrower and deeper than the two letters side by side),
+    shaped from the bundled Khmer font (no box, no Unifont cells)."""
+    stacked, side = strip.render_batch(["ក្ស", "កស"])
+    assert strip.layout(["ក្ស"]).missing.tolist() == [0]
+    assert len(ink_columns(stacked)) < len(ink_columns(side))
+    assert (
+        np.flatnonzero(ink(stacked).any(axis=1)).max() > np.flatnonzero(ink(side).any(axis=1)).max()
+    )
 
 
 def test_devanagari_conjunct(strip):
