@@ -208,8 +208,7 @@ def _write_shard(task: _ShardTask, on_rows: Callable[[int], None] | None = None)
     renderer = _renderer(task.render)
     written, skipped = 0, []
     with atomic_file(task.path) as f:
-        # shards.py annotates RenderConfig; its writers only store `render.to_dict()`
-        writer = WRITERS[task.options.output_format](f, task.render)  # type: ignore[arg-type]
+        writer = WRITERS[task.options.output_format](f, task.render)
         try:
             bs = task.options.batch_size
             for i in range(0, len(task.rows), bs):

@@ -3,7 +3,8 @@
 Tar members per row, KEY = the global row number zero-padded to KEY_DIGITS:
   KEY.png  8-bit greyscale PNG (the renderer's three channels are identical; channel 0 is stored)
   KEY.txt  the text, UTF-8
-  KEY.json {"row": int, "kind": "rendered-text", "render": RenderConfig.to_dict()}
+  KEY.json {"row": int, "kind": "rendered-text", "renderer": "unifont" | "text",
+            "render": the renderer's config .to_dict()}
 Parquet shards hold columns row (int64), text (string), image (PNG bytes) and carry the same
 settings as JSON in the schema metadata key b"clippo". A writer fills one open file (the caller's
 `clippo.atomic.atomic_file`, renamed into place once `finish()` returns); it never opens a path.
@@ -20,7 +21,7 @@ from typing import IO, Protocol
 import numpy as np
 from PIL import Image
 
-from clippo.render import RenderConfig
+from clippo.render import AnyRenderConfig, renderer_name
 
 KIND = "rendered-text"
 KEY_DIGITS = 10
@@ -52,9 +53,10 @@ def _ustar_header(name: str, size: int) -> bytes:
 class _TarShard:
     """Webdataset tar (ustar), members in row order, reproducible bytes for the same input."""
 
-    def __init__(self, file: IO[bytes], render: RenderConfig) -> None:
+    def __init__(self, file: IO[bytes], render: AnyRenderConfig) -> None:
         self._file = file
         self._render = render.to_dict()
+        self._renderer = renderer_name(render)
 
     def _add(self, name: str, data: bytes) -> None:
         self._file.write(_ustar_header(name, len(data)))
@@ -63,7 +65,7 @@ class _TarShard:
 
     def add(self, row: int, text: str, png: bytes) -> None:
         key = f"{row:0{KEY_DIGITS}d}"
-        meta = {"row": row, "kind": KIND, "render": self._render}
+        meta = {"row": row, "kind": KIND, "renderer": self._renderer, "render": self._render}
         self._add(f"{key}.png", png)
         self._add(f"{key}.txt", text.encode("utf-8"))
         self._add(f"{key}.json", json.dumps(meta, sort_keys=True).encode("utf-8"))
@@ -79,7 +81,7 @@ class _TarShard:
 class _ParquetShard:
     """Parquet with columns row, text, image (PNG bytes); settings in the schema metadata."""
 
-    def __init__(self, file: IO[bytes], render: RenderConfig) -> None:
+    def __init__(self, file: IO[bytes], render: AnyRenderConfig) -> None:
         self.file, self.render = file, render
         self.rows: list[int] = []
         self.texts: list[str] = []
@@ -97,7 +99,11 @@ class _ParquetShard:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        meta = {"kind": KIND, "render": self.render.to_dict()}
+        meta = {
+            "kind": KIND,
+            "renderer": renderer_name(self.render),
+            "render": self.render.to_dict(),
+        }
         schema = pa.schema(
             [("row", pa.int64()), ("text", pa.string()), ("image", pa.binary())],
             metadata={"clippo": json.dumps(meta, sort_keys=True)},
@@ -117,7 +123,7 @@ class ShardWriter(Protocol):
 
 
 # ShardOptions.output_format -> writer of a shard into an open file, with these render settings
-WRITERS: dict[str, Callable[[IO[bytes], RenderConfig], ShardWriter]] = {
+WRITERS: dict[str, Callable[[IO[bytes], AnyRenderConfig], ShardWriter]] = {
     "tar": _TarShard,
     "parquet": _ParquetShard,
 }

@@ -210,6 +210,7 @@ def test_tar_members_png_txt_json(tmp_path):
         assert json.loads(members[f"{key(row)}.json"]) == {
             "row": row,
             "kind": "rendered-text",
+            "renderer": "unifont",
             "render": cfg.to_dict(),
         }
     assert not list((tmp_path / "out").glob("*.tmp")) and not list(
@@ -246,7 +247,7 @@ def test_parquet_output(tmp_path):
     table = pq.read_table(files[0])
     assert table.column_names == ["row", "text", "image"]
     meta = json.loads(table.schema.metadata[b"clippo"])
-    assert meta == {"kind": "rendered-text", "render": CFG.to_dict()}
+    assert meta == {"kind": "rendered-text", "renderer": "unifont", "render": CFG.to_dict()}
     rows = [r for f in files for r in pq.read_table(f).to_pylist()]
     expected = UnifontRenderer.from_config(CFG).render_batch(TEXTS)[..., 0]
     assert [r["row"] for r in rows] == list(range(len(TEXTS)))

@@ -127,7 +127,8 @@ def test_cli_text_renderer_shards_equal_text_renderer_output(tmp_path, capsys):
         key = f"{row:0{KEY_DIGITS}d}"
         pixels = np.asarray(Image.open(io.BytesIO(members[f"{key}.png"])))
         np.testing.assert_array_equal(pixels, expected[row, ..., 0])
-        assert json.loads(members[f"{key}.json"])["render"] == cfg.to_dict()
+        meta = json.loads(members[f"{key}.json"])
+        assert meta["renderer"] == "text" and meta["render"] == cfg.to_dict()
     manifest = json.loads((out / "shard-manifest.json").read_text())
     assert manifest["renderer"] == "text" and manifest["render"] == cfg.to_dict()
     summary = json.loads((out / "shard-summary.json").read_text())
