@@ -68,7 +68,11 @@ def test_wheel_installs_and_imports_outside_repo(tmp_path):
         "import json, clippo, clippo.render, clippo.eval, clippo.fonts; "
         "p0, up = clippo.fonts.unifont_paths(); "
         "img = clippo.render.UnifontRenderer()('wheel'); "
-        "print(json.dumps([clippo.render.__file__, str(p0), str(up), int((img == 0).sum())]))"
+        "from clippo.render.text_fonts import NOTO_FONTS; "
+        "noto = [str(clippo.fonts.font_path(n)) for n in NOTO_FONTS]; "
+        "shaped = clippo.render.TextRenderer(width=128, height=32)('\u0645\u0631\u062d\u0628\u0627'); "
+        "print(json.dumps([clippo.render.__file__, str(p0), str(up), int((img == 0).sum()), "
+        "noto, int((shaped != 127).any(-1).sum())]))"
     )
     # -S skips site (so the editable install's .pth finder never loads); the wheel's target dir
     # goes first, then plain site-packages for numpy and Pillow
@@ -80,7 +84,8 @@ def test_wheel_installs_and_imports_outside_repo(tmp_path):
         text=True,
         check=True,
     )
-    render_file, p0, up, ink = json.loads(out.stdout)
-    for path in (render_file, p0, up):
+    render_file, p0, up, ink, noto, shaped_ink = json.loads(out.stdout)
+    for path in (render_file, p0, up, *noto):  # every bundled font read from the wheel
         assert path.startswith(str(site)), path
     assert Path(p0).stat().st_size > 900_000 and ink > 0
+    assert shaped_ink > 50  # an Arabic word shaped by TextRenderer from the wheel's fonts
