@@ -397,10 +397,11 @@ class TextRenderer:
                 tokens, level = folded
                 flines = self._wrap_folded(fs, tokens, bool(level), max_width, fit - n_lines)
                 if flines is not None:
+                    ascii_only = paragraph.isascii()
                     for fline in flines or [[]]:
                         if n_lines < fit:
                             baseline = cfg.margin + n_lines * pitch + ascent
-                            self._place_folded(placed, fline, level, baseline)
+                            self._place_folded(placed, fline, level, baseline, ascii_only)
                         n_lines += 1
                     continue
             items, base = itemize(paragraph)
@@ -431,11 +432,22 @@ class TextRenderer:
         line: list[tuple[Word, Word | None]],
         level: int,
         baseline: int,
+        ascii_only: bool,
     ) -> None:
         """Place one line of (word, spaces) pairs, all at bidi `level`, as `_place` places
         the same items (the same float sums, so the same pixels). Left to right, cells that
-        touch (each where the one before it ends) go as one `CellRun`."""
+        touch (each where the one before it ends) go as one `CellRun`, unless the paragraph
+        is ASCII (no CJK cells: the plain loop, without the run bookkeeping)."""
         cfg = self.config
+        if not level and ascii_only:
+            x = float(cfg.margin)
+            for word, spaces in line:
+                if word.alpha.size:
+                    placed.append((word, round(x), baseline))
+                x += word.advance
+                if spaces is not None:
+                    x += spaces.advance
+            return
         if not level:
             x = float(cfg.margin)
             run: list[Word] = []
