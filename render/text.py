@@ -148,11 +148,11 @@ class CellRun:
 
     __slots__ = ("cells", "x0", "y0", "advance", "missing", "_alpha")
 
-    def __init__(self, cells: list[Word]) -> None:
+    def __init__(self, cells: list[Word], width: int) -> None:
         self.cells = cells
         self.x0, self.y0 = 0, cells[0].y0
-        self.advance = float(sum(c.advance for c in cells))
-        self.missing = sum(c.missing for c in cells)
+        self.advance = float(width)  # the cells' advances are their widths, whole pixels
+        self.missing = sum(map(_missing, cells))
         self._alpha: np.ndarray | None = None
 
     @property
@@ -461,7 +461,11 @@ class TextRenderer:
                         or word.alpha.shape[0] != run[0].alpha.shape[0]
                     ):
                         placed.append(
-                            (CellRun(run) if len(run) > 1 else run[0], run_left, baseline)
+                            (
+                                CellRun(run, run_end - run_left) if len(run) > 1 else run[0],
+                                run_left,
+                                baseline,
+                            )
                         )
                         run = []
                     if not run:
@@ -471,7 +475,11 @@ class TextRenderer:
                 else:
                     if run:
                         placed.append(
-                            (CellRun(run) if len(run) > 1 else run[0], run_left, baseline)
+                            (
+                                CellRun(run, run_end - run_left) if len(run) > 1 else run[0],
+                                run_left,
+                                baseline,
+                            )
                         )
                         run = []
                     if word.alpha.size:
@@ -480,7 +488,13 @@ class TextRenderer:
                 if spaces is not None:
                     x += spaces.advance
             if run:
-                placed.append((CellRun(run) if len(run) > 1 else run[0], run_left, baseline))
+                placed.append(
+                    (
+                        CellRun(run, run_end - run_left) if len(run) > 1 else run[0],
+                        run_left,
+                        baseline,
+                    )
+                )
             return
         # right to left, right-aligned: the items in reverse, the line's last spaces dropped;
         # the width summed in that order, as `_place` sums it
@@ -557,11 +571,10 @@ class TextRenderer:
             clear_top, clear_left, line_y, line_bottom = 0, 0, None, 0
             for word, x, baseline in placed:
                 if isinstance(word, CellRun):
-                    rgbs = []
-                    for cell in word.cells:
-                        if cell.rgb is None:
-                            cell.rgb = table[cell.alpha]
-                        rgbs.append(cell.rgb)
+                    rgbs = [
+                        cell.rgb if cell.rgb is not None else _set_rgb(cell, table)
+                        for cell in word.cells
+                    ]
                     top, left = baseline + word.y0, x
                     if baseline != line_y:
                         clear_top, clear_left, line_y = max(clear_top, line_bottom), 0, baseline
@@ -580,9 +593,7 @@ class TextRenderer:
                     if right > clear_left:
                         clear_left = right
                     continue
-                rgb = word.rgb
-                if rgb is None:
-                    rgb = word.rgb = table[word.alpha]
+                rgb = word.rgb if word.rgb is not None else _set_rgb(word, table)
                 top, left = baseline + word.y0, x + word.x0
                 ah, aw = rgb.shape[:2]
                 if baseline != line_y:
@@ -659,6 +670,13 @@ class TextRenderer:
 
 
 _advance = operator.attrgetter("advance")
+_missing = operator.attrgetter("missing")
+
+
+def _set_rgb(word: Word, table: np.ndarray) -> np.ndarray:
+    """The word's bitmap in the renderer's colours (`table`: uint8 [256, 3]), kept on it."""
+    word.rgb = table[word.alpha]
+    return word.rgb
 
 
 def _as_str(text: str | bytes) -> str:
