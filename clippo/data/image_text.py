@@ -10,6 +10,8 @@ or empty caption, a malformed row) raises `SkipSample`; the mixer counts it by k
 on. Odd modes (CMYK, palette, alpha, 16-bit) are converted (see `clippo.data.images`).
 
     TarShards("data/shard-{000000..000099}.tar")        # sharded: one tar at a time per worker
+    TarShards("pipe:aws s3 cp s3://b/shard-{0000..4095}.tar -")   # streamed (clippo.data.streams)
+    TarShards("https://host/shard-{0000..0099}.tar")    # streamed through fsspec
     ParquetImageText("data/*.parquet")                   # sharded by row group
     HFImageText("data/coco_train", split="train")        # random access (datasets.load_from_disk)
     CSVImageText("data/pairs.csv")                        # random access; paths relative to the CSV
@@ -37,7 +39,10 @@ from clippo.data.sources import (
     SkipSample,
     text_or_skip,
 )
+from clippo.data.streams import StreamedTar, check_stream_spec, is_stream_spec, split_member
 from clippo.errors import DataError
+
+_split_member = split_member  # the name clippo.data.clean imports
 
 __all__ = [
     "ImagePrep",
@@ -122,16 +127,28 @@ def _expand_braces(spec: str) -> list[str]:
     return [spec]
 
 
-def expand_paths(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+def expand_paths(
+    spec: str | os.PathLike | Sequence[str | os.PathLike], *, streams: bool = False
+) -> list[str]:
     """Paths from a list, a glob ("*.tar") or braces ("shard-{0000..0099}.tar", "{a,b}.tar").
 
     Globs are sorted; a path that does not exist (or a glob matching nothing) is an error.
+    streams=True also accepts `pipe:` commands and URLs (braces expanded, never globbed; see
+    `clippo.data.streams`); otherwise they are an error that says which sources read them.
     """
     specs = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
     out: list[str] = []
     for one in specs:
         for path in _expand_braces(os.fspath(one)):
-            if glob.has_magic(path):
+            if is_stream_spec(path):
+                if not streams:
+                    raise ValueError(
+                        f"{path!r}: pipe: commands and URLs are read by webdataset (tar) "
+                        "sources only; this source needs local files"
+                    )
+                check_stream_spec(path)
+                out.append(path)
+            elif glob.has_magic(path):
                 matches = sorted(glob.glob(path))
                 if not matches:
                     raise FileNotFoundError(f"no files match {path!r}")
@@ -148,13 +165,6 @@ def expand_paths(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[
 # ---- webdataset tar shards ---------------------------------------------------------------------
 
 
-def _split_member(name: str) -> tuple[str, str]:
-    """webdataset naming: "dir/KEY.ext.more" -> ("dir/KEY", "ext.more")."""
-    head, base = os.path.split(name)
-    stem, dot, ext = base.partition(".")
-    return (f"{head}/{stem}" if head else stem), ext.lower() if dot else ""
-
-
 class _TarReader:
     """Records of one shard: (key, {ext: TarInfo}) grouped by consecutive key; data read lazily."""
 
@@ -168,7 +178,7 @@ class _TarReader:
             for member in self._tar:
                 if not member.isfile():
                     continue
-                key, ext = _split_member(member.name)
+                key, ext = split_member(member.name)
                 if ext not in keep:
                     continue
                 if not self.records or self.records[-1][0] != key:
@@ -202,6 +212,22 @@ class _TarReader:
             self._tar = None
 
 
+class _ListUnit:
+    """A streamed shard's records held in memory (for `read_unit` on a stream)."""
+
+    def __init__(self, records: list[Any], problems: list[tuple[str, str]]) -> None:
+        self.records, self.problems = records, problems
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.records[i]
+
+    def close(self) -> None:
+        pass
+
+
 class TarShards(ShardedSource):
     """webdataset tar shards: members KEY.jpg|jpeg|png|webp + KEY.txt or KEY.json (caption field).
 
@@ -209,6 +235,9 @@ class TarShards(ShardedSource):
     time (tarfile, seekable; uncompressed .tar reads fastest); each worker/rank reads its own
     shards (see `clippo.data.mixer`). Kinds of skip: no_image, missing_caption, empty_caption,
     bad_caption, image_* (decode errors), bad_shard (a damaged tar: records before it are kept).
+
+    Specs may be `pipe:CMD` commands or URLs (`clippo.data.streams`); a source with any of them
+    is `streamed`: its shards are read front to back in stream mode (see `clippo.data.sources`).
     """
 
     def __init__(
@@ -226,7 +255,8 @@ class TarShards(ShardedSource):
         shuffle: bool = True,
         name: str = "webdataset",
     ) -> None:
-        self.paths = expand_paths(paths)
+        self.paths = expand_paths(paths, streams=True)
+        self.streamed = any(is_stream_spec(p) for p in self.paths)
         self.prep = ImagePrep(image_size, resize, max_pixels, alpha_background, exif_transpose)
         self.image_exts = tuple(e.lower() for e in image_exts)
         self.caption_exts = tuple(e.lower() for e in caption_exts)
@@ -241,15 +271,24 @@ class TarShards(ShardedSource):
 
     def unit_length(self, unit: int) -> int:
         if unit not in self._lengths:
-            reader = _TarReader(self.paths[unit], self._keep)
+            reader = self.read_unit(unit)
             reader.close()
-            self._lengths[unit] = len(reader)
         return self._lengths[unit]
 
-    def read_unit(self, unit: int) -> _TarReader:
-        reader = _TarReader(self.paths[unit], self._keep)
+    def read_unit(self, unit: int) -> _TarReader | _ListUnit:
+        """A seekable shard indexed in place; a streamed one read whole into memory."""
+        path = self.paths[unit]
+        reader: _TarReader | _ListUnit
+        if is_stream_spec(path):
+            stream = self.iter_unit(unit)
+            reader = _ListUnit(list(stream), stream.problems)
+        else:
+            reader = _TarReader(path, self._keep)
         self._lengths[unit] = len(reader)
         return reader
+
+    def iter_unit(self, unit: int) -> StreamedTar:
+        return StreamedTar(self.paths[unit], self._keep)
 
     def _caption_of(self, data: dict[str, Any], where: str) -> str:
         for ext in self.caption_exts:

@@ -11,14 +11,22 @@ Resuming: `mixer_loader(mixer, collate, start_step=s)` (`clippo.data.loader`) yi
 uninterrupted run with the same seed, sources, rank/world size and num_workers (DataLoader
 workers are handed consecutive steps round-robin, which is the order the DataLoader returns).
 `state_dict(step)` / `load_state_dict(state)` record and check that fingerprint.
+
+Streamed sharded sources (and every sharded source with `resampled`) read in stream mode (see
+`clippo.data.sources`): their position cannot be computed from the step, so every batch carries
+`positions` (source label -> `StreamCursor` after the batch, for the batch's virtual worker
+`step % num_workers`), and `state_dict(step, positions)` records them per virtual worker; a
+resumed run then starts every stream from its cursor (without a recorded cursor, by reading and
+discarding the records consumed).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
@@ -29,12 +37,14 @@ from clippo.data.sources import (
     MapSource,
     RandomAccessSource,
     RandomAccessStream,
-    Sample,
     ShardedSource,
+    ShardStream,
     SkipStats,
+    StreamCursor,
     seeded_rng,
-    sharded_stream,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = ["BatchMixer", "MixedBatch", "MixerConfig"]
 
@@ -44,12 +54,19 @@ __all__ = ["BatchMixer", "MixedBatch", "MixerConfig"]
 
 @dataclass(frozen=True)
 class MixerConfig:
-    """batch_size: pairs per batch on this rank. text_pair_fraction: share of text/text pairs."""
+    """batch_size: pairs per batch on this rank. text_pair_fraction: share of text/text pairs.
+
+    resampled: sharded sources draw units with replacement, independently on every rank and
+    worker (an endless stream; open_clip's --dataset-resampled); off: the exact order.
+    shuffle_buffer: records in the shuffle buffer of stream-mode sources (<= 1: stream order).
+    """
 
     batch_size: int
     text_pair_fraction: float = 0.0
     seed: int = 0
     max_bad_in_a_row: int = 100
+    resampled: bool = False
+    shuffle_buffer: int = 1000
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -58,6 +75,8 @@ class MixerConfig:
             raise ValueError(f"text_pair_fraction must be in [0, 1], got {self.text_pair_fraction}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.shuffle_buffer < 0:
+            raise ValueError(f"shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -77,6 +96,8 @@ class MixedBatch:
     is_text_pair: np.ndarray  # bool [B]
     keys: list[str]  # "source_label/sample_key"
     skipped: dict[str, int]  # skip counts ("source/kind" -> n) found while making this batch
+    # stream-mode sources: label -> [count, k, done] (a StreamCursor) after this batch
+    positions: dict[str, list[int]] = field(default_factory=dict)
 
 
 _BLOCK = 256  # batch compositions are drawn in blocks of this many steps
@@ -129,6 +150,8 @@ class BatchMixer:
         if frac < 1 and not self.image_sources:
             raise ValueError("text_pair_fraction < 1 needs at least one image/text source")
         self.start_step = 0
+        # virtual worker -> source label -> StreamCursor, from load_state_dict
+        self.stream_positions: dict[int, dict[str, StreamCursor]] = {}
         self._block_cache: tuple[int, np.ndarray, np.ndarray] | None = None
 
     @staticmethod
@@ -139,6 +162,14 @@ class BatchMixer:
                 f"{what}: weights must be finite, >= 0 and not all 0, got {list(weights)}"
             )
         return w / w.sum() if w.size else w
+
+    def stream_mode(self, source: Any) -> bool:
+        """Whether `source` is read in stream mode (its position is a recorded cursor)."""
+        return isinstance(source, ShardedSource) and (source.streamed or self.config.resampled)
+
+    @property
+    def has_streams(self) -> bool:
+        return any(self.stream_mode(s) for s in (*self.image_sources, *self.text_sources))
 
     # -- composition ------------------------------------------------------------------------------
 
@@ -205,17 +236,31 @@ class BatchMixer:
         all_img, all_txt = self._consumed(first)
         own_img, own_txt = self._consumed(first, num_workers, residue)
 
+        saved = self.stream_positions.get(residue, {}) if start > 0 else {}
+
         def open_side(
             sources: Sequence[RandomAccessSource | ShardedSource],
             labels: Sequence[str],
             consumed: np.ndarray,
             own: np.ndarray,
-        ) -> tuple[list[RandomAccessStream | Iterator[Sample]], np.ndarray]:
-            handles: list[RandomAccessStream | Iterator[Sample]] = []
+        ) -> tuple[list[RandomAccessStream | ShardStream], np.ndarray]:
+            handles: list[RandomAccessStream | ShardStream] = []
             for src, label, c_own in zip(sources, labels, own):
                 if isinstance(src, ShardedSource):
-                    stream = sharded_stream(
-                        src, label, part, num_parts, seed, int(c_own), stats, max_bad
+                    begin: StreamCursor | int = int(c_own)
+                    if self.stream_mode(src) and c_own > 0:
+                        begin = self._stream_start(label, int(c_own), saved.get(label), residue)
+                    stream = ShardStream(
+                        src,
+                        label,
+                        part,
+                        num_parts,
+                        seed,
+                        begin,
+                        stats,
+                        max_bad,
+                        resampled=self.config.resampled,
+                        shuffle_buffer=self.config.shuffle_buffer,
                     )
                     handles.append(stream)
                 else:
@@ -255,7 +300,35 @@ class BatchMixer:
                 txt_pos += ct
             is_text = np.zeros(len(left), dtype=bool)
             is_text[int(n_img.sum()) :] = True
-            yield MixedBatch(step, left, right, is_text, keys, stats.pop_delta())
+            positions = {
+                label: [int(x) for x in handle.cursor]
+                for handle, label in zip(
+                    (*img_handles, *txt_handles), (*self.image_labels, *self.text_labels)
+                )
+                if isinstance(handle, ShardStream) and isinstance(handle.cursor, StreamCursor)
+            }
+            yield MixedBatch(step, left, right, is_text, keys, stats.pop_delta(), positions)
+
+    def _stream_start(
+        self, label: str, count: int, saved: StreamCursor | None, residue: int
+    ) -> StreamCursor | int:
+        """Where a stream-mode source resumes: its recorded cursor, which must have given exactly
+        the `count` samples the steps before consumed; without one, `count` (read and drop)."""
+        if saved is None:
+            log.warning(
+                "%s: no recorded stream position for worker %d; reading and dropping the %d "
+                "records already consumed",
+                label,
+                residue,
+                count,
+            )
+            return count
+        if saved.samples != count:
+            raise ValueError(
+                f"{label}: the recorded stream position of worker {residue} has {saved.samples} "
+                f"samples, but the steps before the resumed one consumed {count}"
+            )
+        return saved
 
     # -- resume bookkeeping -----------------------------------------------------------------------
 
@@ -274,13 +347,37 @@ class BatchMixer:
             ],
         }
 
-    def state_dict(self, step: int) -> dict[str, Any]:
-        """State to save with a checkpoint taken after `step` batches were consumed."""
-        return {"step": int(step), "fingerprint": self.fingerprint()}
+    def state_dict(
+        self, step: int, positions: Mapping[int, Mapping[str, Sequence[int]]] | None = None
+    ) -> dict[str, Any]:
+        """State to save with a checkpoint taken after `step` batches were consumed. positions:
+        virtual worker -> the `positions` of its last batch before `step` (stream mode)."""
+        out: dict[str, Any] = {"step": int(step), "fingerprint": self.fingerprint()}
+        if positions:
+            out["positions"] = {
+                str(w): {lbl: [int(x) for x in c] for lbl, c in p.items()}
+                for w, p in positions.items()
+            }
+        return out
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Check the fingerprint and make `step` the default start of `batches/dataset/loader`."""
+        """Check the fingerprint and make `step` the default start of `batches/dataset/loader`.
+
+        The rank is not compared: in distributed training one rank writes the checkpoint that
+        every rank resumes from (each rank's stream positions are passed in `positions`)."""
         mine, theirs = self.fingerprint(), state.get("fingerprint")
+        if isinstance(theirs, Mapping):
+            defaults = MixerConfig(batch_size=1).to_dict()
+            # checkpoints from before a config key existed: that key had its default value
+            config = {**{k: defaults[k] for k in defaults}, **dict(theirs.get("config", {}))}
+            theirs = {**theirs, "config": config, "rank": self.rank}
         if theirs != mine:
             raise ValueError(f"data mixer changed since the checkpoint: saved {theirs}, now {mine}")
         self.start_step = int(state["step"])
+        try:
+            self.stream_positions = {
+                int(w): {lbl: StreamCursor(*(int(x) for x in c)) for lbl, c in p.items()}
+                for w, p in dict(state.get("positions", {})).items()
+            }
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"data: malformed stream positions in the checkpoint ({e})") from None

@@ -16,6 +16,24 @@ changing any position, so the stream stays a pure function of the seed: a random
 substitutes a seeded random other index, a sharded source the next good record of the same
 stream (a duplicate). Only a source that fails `max_bad_in_a_row` times in a row stops the run,
 with a `clippo.errors.DataError` naming the source's files (as does a source without records).
+
+Stream mode (a sharded source with `streamed = True`: `pipe:` commands and URLs, see
+`clippo.data.streams`; and every sharded source when `resampled`): each partition reads an
+endless sequence of units, unit k being the k-th of the per-epoch shuffled unit order of its
+partition (exact mode: every unit once per epoch) or, resampled, a unit drawn uniformly from
+all units with a seed of its own (seed, source, partition, k), so every rank/worker draws
+independently and with replacement. A streamed unit's records come in stream order, shuffled
+within a buffer of `shuffle_buffer` records (`buffer_shuffle`, seeded by seed, source, partition
+and k; the buffer is emptied at the end of each unit); a seekable unit read with resampling is
+permuted whole. When partitions outnumber units (exact mode), partition p keeps the records at
+stream index i with i % P == p of every unit.
+
+Resume rule of stream mode: the position after every sample is a `StreamCursor` (count of
+samples, k of the current unit, records of unit k already given). Resuming from a cursor skips
+the units before k without opening them, then reopens unit k and discards its first `done`
+records (so at most one unit is read again); the stream then continues exactly where the
+interrupted one would have. Without a recorded cursor (count only), the `count` records are
+read and discarded. No unit is ever asked for its length.
 """
 
 from __future__ import annotations
@@ -24,11 +42,12 @@ import logging
 import os
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
+from clippo.data.streams import buffer_shuffle
 from clippo.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -267,6 +286,7 @@ class ShardedSource(ABC):
 
     name: str = "sharded"
     shuffle: bool = True
+    streamed: bool = False  # True: units are streams (read once, front to back): stream mode
 
     @abstractmethod
     def num_units(self) -> int: ...
@@ -279,6 +299,25 @@ class ShardedSource(ABC):
 
     @abstractmethod
     def decode(self, record: Any, item_seed: int) -> Sample: ...
+
+    def iter_unit(self, unit: int) -> Iterable[Any]:
+        """Unit `unit`'s raw records in stored order, read once (stream mode). The iterable may
+        have `problems` (read after the iteration) and `close()`. Default: via `read_unit`."""
+        return _IterUnit(self.read_unit(unit))
+
+
+class _IterUnit:
+    def __init__(self, unit: Unit) -> None:
+        self.unit = unit
+        self.problems = getattr(unit, "problems", [])
+
+    def __iter__(self) -> Iterator[Any]:
+        return (self.unit[i] for i in range(len(self.unit)))
+
+    def close(self) -> None:
+        close = getattr(self.unit, "close", None)
+        if close is not None:
+            close()
 
 
 def _partition_units(num_units: int, part: int, num_parts: int) -> tuple[list[int], int, int]:
@@ -361,30 +400,213 @@ def _sharded_records(
         epoch += 1
 
 
+class StreamCursor(NamedTuple):
+    """Where a stream-mode partition stands: `samples` given, in unit `k` of its unit
+    sequence, of which the first `done` records were given (see the module doc)."""
+
+    samples: int
+    k: int
+    done: int
+
+
+def _stream_records(
+    source: ShardedSource,
+    label: str,
+    part: int,
+    num_parts: int,
+    seed: int,
+    start: StreamCursor | int,
+    stats: SkipStats,
+    *,
+    resampled: bool,
+    shuffle_buffer: int,
+) -> Iterator[tuple[StreamCursor, Any]]:
+    """Raw records of one partition's endless stream-mode sequence, each with the cursor after
+    it, from `start` (a cursor, or a count of records to read and discard)."""
+    n_all = source.num_units()
+    if n_all == 0:
+        raise DataError(f"source {label!r} ({source_files(source)}) has no units")
+    if resampled:
+        units, stride, offset = list(range(n_all)), 1, 0
+    else:
+        units, stride, offset = _partition_units(n_all, part, num_parts)
+    orders: dict[int, list[int]] = {}
+
+    def unit_at(k: int) -> int:
+        if resampled:
+            return int(seeded_rng(seed, label, "resample", part, k).integers(n_all))
+        epoch, i = divmod(k, len(units))
+        if not source.shuffle:
+            return units[i]
+        if epoch not in orders:
+            orders.clear()
+            # not seeded by `part`: when partitions share units (stride > 1) they need one order
+            perm = seeded_rng(seed, label, "units", epoch).permutation(len(units))
+            orders[epoch] = [units[int(j)] for j in perm]
+        return orders[epoch][i]
+
+    if isinstance(start, StreamCursor):
+        count, k, discard, skip = start.samples, start.k, start.done, 0
+    else:
+        count, k, discard, skip = 0, 0, 0, int(start)
+    empty_in_a_row: set[int] = set()
+    while True:
+        unit = unit_at(k)
+        rng = seeded_rng(seed, label, "unit", part, num_parts, k)
+        reader: Any
+        if source.streamed:
+            reader = source.iter_unit(unit)
+            raw: Iterable[Any] = reader
+            if stride > 1:
+                raw = (r for i, r in enumerate(reader) if i % stride == offset)
+            ordered: Iterable[Any] = raw
+            if source.shuffle:
+                ordered = buffer_shuffle(raw, shuffle_buffer, rng)
+        else:  # a seekable unit (resampled): permuted whole, as in exact mode
+            reader = source.read_unit(unit)
+            idx = np.arange(len(reader))[offset::stride]
+            if source.shuffle:
+                idx = rng.permutation(idx)
+            ordered = (reader[int(i)] for i in idx)
+        done = 0
+        try:
+            for record in ordered:
+                done += 1
+                if done <= discard:
+                    continue
+                if skip > 0:
+                    skip -= 1
+                    count += 1
+                    continue
+                count += 1
+                yield StreamCursor(count, k, done), record
+        finally:
+            close = getattr(reader, "close", None)
+            if close is not None:
+                close()
+        for kind, message in getattr(reader, "problems", ()):
+            stats.add(label, kind, message)
+        if done == 0:
+            empty_in_a_row.add(unit)
+            if len(empty_in_a_row) >= len(units):
+                raise DataError(
+                    f"source {label!r} ({source_files(source)}): partition {part} of {num_parts} "
+                    f"has no records ({len(units)} units read); {stats.why(label)}"
+                )
+        else:
+            empty_in_a_row.clear()
+        k, discard = k + 1, 0
+
+
+class ShardStream:
+    """Good samples of one partition from `start`; a bad record is replaced by the next good one.
+
+    Exact mode (default for seekable shards): `start` is a sample count, the order is the
+    whole-unit shuffle of `_sharded_records`. Stream mode (`source.streamed` or `resampled`):
+    `start` is a `StreamCursor` or a count (see the module doc). `cursor` is the position after
+    the last sample given (an int in exact mode, a StreamCursor in stream mode): what a resumed
+    stream starts from.
+    """
+
+    def __init__(
+        self,
+        source: ShardedSource,
+        label: str,
+        part: int,
+        num_parts: int,
+        seed: int,
+        start: StreamCursor | int,
+        stats: SkipStats,
+        max_bad_in_a_row: int,
+        *,
+        resampled: bool = False,
+        shuffle_buffer: int = 1000,
+    ) -> None:
+        self.source, self.label, self.stats = source, label, stats
+        self.part, self.num_parts, self.seed = part, num_parts, seed
+        self.max_bad = max_bad_in_a_row
+        self.stream_mode = resampled or source.streamed
+        self.cursor: StreamCursor | int
+        records: Iterator[tuple[Any, Any]]
+        if self.stream_mode:
+            self.cursor = start if isinstance(start, StreamCursor) else int(start)
+            records = _stream_records(
+                source,
+                label,
+                part,
+                num_parts,
+                seed,
+                start,
+                stats,
+                resampled=resampled,
+                shuffle_buffer=shuffle_buffer,
+            )
+        else:
+            if isinstance(start, StreamCursor):
+                raise ValueError(f"source {label!r}: a stream cursor for an exact-mode stream")
+            self.cursor = int(start)
+            records = (
+                (position + 1, record)
+                for position, record in _sharded_records(
+                    source, label, part, num_parts, seed, int(start), stats
+                )
+            )
+        self._samples = self._good(records)
+
+    def _good(self, records: Iterator[tuple[Any, Any]]) -> Iterator[tuple[Sample, Any]]:
+        seed, label, part, num_parts = self.seed, self.label, self.part, self.num_parts
+        pending: list[Any] = []  # cursors after bad records waiting for the next good one
+        for after, record in records:
+            position = (after.samples if isinstance(after, StreamCursor) else after) - 1
+            try:
+                sample = self.source.decode(
+                    record, _item_seed(seed, label, part, num_parts, position)
+                )
+            except SkipSample as e:
+                self.stats.add(label, e.kind, e.message)
+                pending.append(after)
+                if len(pending) > self.max_bad:
+                    raise DataError(
+                        f"source {label!r} ({source_files(self.source)}): {len(pending)} bad "
+                        f"samples in a row (partition {part} of {num_parts}, position "
+                        f"{position}); {self.stats.why(label)}"
+                    ) from None
+                continue
+            for cursor in (*pending, after):
+                yield sample, cursor
+            pending = []
+
+    def __iter__(self) -> ShardStream:
+        return self
+
+    def __next__(self) -> Sample:
+        sample, self.cursor = next(self._samples)
+        return sample
+
+
 def sharded_stream(
     source: ShardedSource,
     label: str,
     part: int,
     num_parts: int,
     seed: int,
-    start: int,
+    start: StreamCursor | int,
     stats: SkipStats,
     max_bad_in_a_row: int,
-) -> Iterator[Sample]:
-    """Good samples of one partition from `start`; a bad record is replaced by the next good one."""
-    pending = 0
-    for position, record in _sharded_records(source, label, part, num_parts, seed, start, stats):
-        try:
-            sample = source.decode(record, _item_seed(seed, label, part, num_parts, position))
-        except SkipSample as e:
-            stats.add(label, e.kind, e.message)
-            pending += 1
-            if pending > max_bad_in_a_row:
-                raise DataError(
-                    f"source {label!r} ({source_files(source)}): {pending} bad samples in a row "
-                    f"(partition {part} of {num_parts}, position {position}); {stats.why(label)}"
-                ) from None
-            continue
-        for _ in range(pending + 1):
-            yield sample
-        pending = 0
+    *,
+    resampled: bool = False,
+    shuffle_buffer: int = 1000,
+) -> ShardStream:
+    """Good samples of one partition from `start` (see `ShardStream`)."""
+    return ShardStream(
+        source,
+        label,
+        part,
+        num_parts,
+        seed,
+        start,
+        stats,
+        max_bad_in_a_row,
+        resampled=resampled,
+        shuffle_buffer=shuffle_buffer,
+    )

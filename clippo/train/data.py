@@ -4,6 +4,11 @@
 the batches of steps start_step, start_step+1, ... (a pure function of seed, step, rank, world
 size and num_workers; see `clippo.data.mixer`). Batches are collated by
 `clippo.data.collate.PairCollate` (texts rendered in the workers as uint8, or on the device).
+
+Stream-mode sources (`pipe:`/URL shards, or `data.resampled`) resume from recorded positions:
+every batch brings its sources' stream cursors from the worker that made it, the iterator keeps
+the last one per virtual worker, and `state_dict` gathers them from every rank (a collective:
+the trainer calls it on every rank; rank 0 writes the checkpoint) under "streams" -> rank.
 """
 
 from __future__ import annotations
@@ -12,14 +17,18 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from clippo.data.collate import PairCollate, to_device
 from clippo.data.loader import mixer_loader
-from clippo.data.mixer import BatchMixer, MixerConfig
+from clippo.data.mixer import BatchMixer, MixedBatch, MixerConfig
 from clippo.data.registry import build_source
 from clippo.data.sources import MapSource, ShardedSource
 from clippo.render.unifont_torch import to_pixels_torch
 from clippo.train.config import ConfigError, DataConfig, SourceConfig
+from clippo.train.distributed import is_dist
+
+_POSITIONS = "stream_positions"  # the key that carries a batch's cursors from the worker
 
 SYNTHETIC_KINDS = ("synthetic", "synthetic_paraphrase")  # clippo.data.synthetic (demo corpus)
 
@@ -71,6 +80,18 @@ def build_source_from_config(spec: SourceConfig, image_size: int, key: str, imag
         raise ConfigError(f"{key} ({spec.kind} {spec.path!r}): {e}") from None
 
 
+class _WithPositions:
+    """PairCollate, plus the batch's stream cursors under `_POSITIONS` (picklable for workers)."""
+
+    def __init__(self, collate: PairCollate) -> None:
+        self.collate = collate
+
+    def __call__(self, batch: MixedBatch) -> dict[str, Any]:
+        out = self.collate(batch)
+        out[_POSITIONS] = batch.positions
+        return out
+
+
 class TrainData:
     """DataFactory over a BatchMixer; also records/checks the data position for resuming."""
 
@@ -95,9 +116,19 @@ class TrainData:
                 )
                 for i, s in enumerate(getattr(data, group))
             ]
+        # resampled / shuffle_buffer: DataConfig keys (clippo.train.config); the defaults stand
+        # in while a DataConfig without them is passed
+        resampled = bool(getattr(data, "resampled", False))
+        shuffle_buffer = int(getattr(data, "shuffle_buffer", MixerConfig.shuffle_buffer))
         try:
             self.mixer = BatchMixer(
-                MixerConfig(batch_size, data.text_pair_fraction, seed),
+                MixerConfig(
+                    batch_size,
+                    data.text_pair_fraction,
+                    seed,
+                    resampled=resampled,
+                    shuffle_buffer=shuffle_buffer,
+                ),
                 groups["image_text"],
                 groups["text_pairs"],
                 rank=rank,
@@ -109,18 +140,52 @@ class TrainData:
         self.collate = PairCollate(renderer, render_on=data.render_on, pixel_format="uint8")
         self.num_workers, self.prefetch = data.num_workers, data.prefetch_factor
         self.pin_memory = pin_memory
+        self.rank = rank
+        # virtual worker -> label -> cursor after that worker's last batch taken by the trainer
+        self.positions: dict[int, dict[str, list[int]]] = {}
 
     def __call__(self, start_step: int) -> Iterator[dict[str, Any]]:
         kwargs: dict[str, Any] = {"pin_memory": self.pin_memory}
         if self.num_workers:
             kwargs["prefetch_factor"] = self.prefetch
+        if not self.mixer.has_streams:
+            loader = mixer_loader(
+                self.mixer,
+                self.collate,
+                start_step=start_step,
+                num_workers=self.num_workers,
+                **kwargs,
+            )
+            return iter(loader)
         loader = mixer_loader(
-            self.mixer, self.collate, start_step=start_step, num_workers=self.num_workers, **kwargs
+            self.mixer,
+            _WithPositions(self.collate),
+            start_step=start_step,
+            num_workers=self.num_workers,
+            **kwargs,
         )
-        return iter(loader)
+        return self._recording(iter(loader))
+
+    def _recording(self, batches: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """The batches, keeping each one's cursors as the trainer takes it (so that after k
+        batches the recorded positions are those after batch k-1 of every virtual worker)."""
+        workers = max(self.num_workers, 1)
+        for batch in batches:
+            self.positions[int(batch["step"]) % workers] = batch.pop(_POSITIONS)
+            yield batch
 
     def state_dict(self, step: int) -> dict[str, Any]:
-        return {**self.mixer.state_dict(step), "num_workers": self.num_workers}
+        """The data position after `step` batches; with stream-mode sources a collective (every
+        rank's cursors are gathered so that rank 0's checkpoint holds them all)."""
+        out = {**self.mixer.state_dict(step), "num_workers": self.num_workers}
+        if self.mixer.has_streams:
+            mine = {str(w): p for w, p in self.positions.items()}
+            ranks: list[Any] = [mine]
+            if is_dist():
+                ranks = [None] * dist.get_world_size()
+                dist.all_gather_object(ranks, mine)
+            out["streams"] = {str(r): p for r, p in enumerate(ranks)}
+        return out
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Raises ConfigError when the data setup differs from the checkpoint's."""
@@ -131,7 +196,13 @@ class TrainData:
                 f"data.num_workers is {self.num_workers} but the checkpoint used {saved_workers}: "
                 "with sharded sources the data order depends on it"
             )
+        mixer_state = {k: v for k, v in state.items() if k not in ("num_workers", "streams")}
+        mine = dict(state.get("streams", {})).get(str(self.rank), {})
+        if mine:
+            mixer_state["positions"] = mine
         try:
-            self.mixer.load_state_dict({k: v for k, v in state.items() if k != "num_workers"})
+            self.mixer.load_state_dict(mixer_state)
         except ValueError as e:
             raise ConfigError(f"data: {e}") from None
+        # carried over until each virtual worker makes its first batch of the resumed run
+        self.positions = {int(w): dict(p) for w, p in mine.items()}
