@@ -19,6 +19,11 @@ _LAZY = {
     "ViTConfig": "clippo.model",
     "ModelConfig": "clippo.model",
     "VARIANTS": "clippo.model",
+    "CLIPStar": "clippo.model",
+    "OneTowerCLIP": "clippo.model",
+    "TokenModelConfig": "clippo.model",
+    "TextTokenizer": "clippo.model",
+    "ARCHITECTURES": "clippo.model",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -3,8 +3,10 @@
 Three inputs load with `clippo.load(path)`:
 - a big_vision `.npz` as released (`params/...` keys; `opt/...` ignored; bfloat16 arrays stored
   as numpy void `V2`). All sizes are inferred from the array shapes (see `clippo.model.bigvision`).
-- a directory written by `CLIPPO.save`: `config.json` + `model.safetensors`.
-- a trainer checkpoint directory: the same two files plus extras (ignored here).
+- a directory written by `save` of any architecture (`clippo.model.architectures`: CLIPPO,
+  CLIP*, 1T-CLIP): `config.json` (its "architecture" key says which; absent: CLIPPO) +
+  `model.safetensors`, and `tokenizer.json` for the token-based ones.
+- a trainer checkpoint directory: the same files plus extras (ignored here).
 
 Nothing is ever unpickled: `.npz` files open with `allow_pickle=False`, weights are safetensors,
 and a torch `.pt`/`.bin` (accepted in a directory instead of safetensors) goes through
@@ -17,10 +19,11 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import cast
+from typing import TypeVar, cast
 
 import torch
 
+from clippo.model.architectures import ARCHITECTURES, AnyConfig, AnyModel, build_model
 from clippo.model.bigvision import (
     CheckpointError,
     image_init_params,
@@ -34,6 +37,7 @@ from clippo.model.bigvision import (
 from clippo.model.config import ModelConfig, ViTConfig
 from clippo.model.files import (
     CONFIG_FILE,
+    DEFAULT_ARCHITECTURE,
     FORMAT,
     FORMAT_VERSION,
     TORCH_WEIGHTS_FILES,
@@ -41,6 +45,9 @@ from clippo.model.files import (
     check_model_dir,
 )
 from clippo.model.one_tower import CLIPPO
+from clippo.model.tokenizer import TOKENIZER_FILE, TextTokenizer
+
+_M = TypeVar("_M", bound=torch.nn.Module)
 
 # ---- big_vision .npz -> CLIPPO ------------------------------------------------------------------
 
@@ -51,13 +58,14 @@ def load_npz(path: str | os.PathLike) -> CLIPPO:
     params = read_npz(path)
     cfg = infer_config(params, path)
     state = state_dict_from_big_vision(params, cfg, path)
-    return _with_weights(cfg, state)
-
-
-def _with_weights(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> CLIPPO:
-    """CLIPPO(cfg) holding exactly `state` (checked already), in float32 and eval mode."""
     with torch.device("meta"):  # skip the random init that the weights replace anyway
         model = CLIPPO(cfg)
+    return _with_weights(model, state)
+
+
+def _with_weights(model: _M, state: dict[str, torch.Tensor]) -> _M:
+    """`model` (built on the meta device) holding exactly `state` (checked already), in float32
+    and eval mode."""
     # a copy in freshly allocated memory: tensors viewed straight from a safetensors buffer can sit
     # off the usual alignment, and some BLAS paths then sum in another order (outputs differing
     # by ~1e-7 from the saved model's on some processors)
@@ -69,8 +77,15 @@ def _with_weights(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> CLIPPO:
 # ---- save / load directories --------------------------------------------------------------------
 
 
-def read_config(directory: str | os.PathLike) -> ModelConfig:
-    """The ModelConfig stored in a saved-model or trainer checkpoint directory."""
+def read_config(directory: str | os.PathLike) -> AnyConfig:
+    """The model config stored in a saved-model or trainer checkpoint directory (a ModelConfig
+    for CLIPPO, a TokenModelConfig for the token baselines; `read_model_config` also says
+    which architecture)."""
+    return read_model_config(directory)[1]
+
+
+def read_model_config(directory: str | os.PathLike) -> tuple[str, AnyConfig]:
+    """(architecture name, its config) of a saved-model or trainer checkpoint directory."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no {CONFIG_FILE} (not a saved CLIPPO directory)")
@@ -87,15 +102,19 @@ def read_config(directory: str | os.PathLike) -> ModelConfig:
             f"{FORMAT_VERSION}; a newer file needs a newer clippo)"
         )
     # a newer layout bumps format_version; an unknown key at this version is a foreign file
-    unknown = sorted(set(meta) - {"format", "format_version", "model"})
+    known = ("format", "format_version", "architecture", "model")
+    unknown = sorted(set(meta) - set(known))
     if unknown:
-        raise CheckpointError(
-            f"{path}: unknown key {unknown[0]!r} (known: format, format_version, model)"
-        )
+        raise CheckpointError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(known)})")
     if "model" not in meta:
         raise CheckpointError(f"{path}: missing key 'model' (the model config)")
+    name = meta.get("architecture", DEFAULT_ARCHITECTURE)  # absent: every pre-baseline file
+    if not isinstance(name, str) or name not in ARCHITECTURES:
+        raise CheckpointError(
+            f"{path}: 'architecture' {name!r} is not one of {', '.join(ARCHITECTURES)}"
+        )
     try:  # under the prefix "model", so errors name the key as it stands in the file
-        return ModelConfig.from_dict(meta["model"], "model")
+        return name, ARCHITECTURES[name].read_config(meta["model"], "model")
     except ValueError as e:  # ConfigError, and the renderer's own checks
         raise CheckpointError(f"{path}: bad model config: {e}") from e
 
@@ -141,12 +160,20 @@ def _floating(path: Path, state: Mapping[str, object]) -> dict[str, torch.Tensor
     return cast("dict[str, torch.Tensor]", dict(state))
 
 
-def load_dir(directory: str | os.PathLike) -> CLIPPO:
-    """A directory from `CLIPPO.save` or the trainer -> CLIPPO."""
+def load_dir(directory: str | os.PathLike) -> AnyModel:
+    """A directory from any architecture's `save`, or the trainer -> that model (CLIPPO, CLIP*
+    or 1T-CLIP, as config.json says), with its tokenizer where it reads tokens."""
     directory = Path(directory)
-    cfg = read_config(directory)
-    with torch.device("meta"):
-        own = CLIPPO(cfg).state_dict()
+    name, cfg = read_model_config(directory)
+    tokenizer = None
+    if ARCHITECTURES[name].tokens:
+        tokenizer = TextTokenizer.load(directory)
+    try:
+        with torch.device("meta"):
+            model = build_model(name, cfg, tokenizer)
+    except ValueError as e:  # a tokenizer that does not fit the config
+        raise CheckpointError(f"{directory / TOKENIZER_FILE}: {e}") from e
+    own = model.state_dict()
     path, state = _read_weights(directory)
     missing = set(own) - set(state)
     unexpected = set(state) - set(own)
@@ -157,12 +184,12 @@ def load_dir(directory: str | os.PathLike) -> CLIPPO:
     ]
     if missing or unexpected or misshaped:
         raise shape_error(path, missing, unexpected, misshaped)
-    return _with_weights(cfg, state)
+    return _with_weights(model, state)
 
 
-def load(path: str | os.PathLike) -> CLIPPO:
-    """`clippo.load`: a big_vision `.npz`, a `CLIPPO.save` directory or a trainer checkpoint
-    directory -> CLIPPO on the CPU in eval mode."""
+def load(path: str | os.PathLike) -> AnyModel:
+    """`clippo.load`: a big_vision `.npz` (CLIPPO), or a directory saved by any architecture or
+    by the trainer -> that model on the CPU in eval mode."""
     path = Path(path)
     if path.is_dir():
         return load_dir(path)

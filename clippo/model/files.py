@@ -1,5 +1,11 @@
-"""The saved-model folder: `config.json` (format, version, model + renderer config) beside
-`model.safetensors`. Written here, read by `clippo.model.checkpoint`."""
+"""The saved-model folder: `config.json` (format, version, architecture, model config) beside
+`model.safetensors`, and whatever else an architecture needs (the token baselines' tokenizer.json).
+Written here, read by `clippo.model.checkpoint`.
+
+    {"format": "clippo-model", "format_version": 1, "architecture": "clip-star", "model": {...}}
+
+`architecture` names an entry of `clippo.model.architectures.ARCHITECTURES`; a file without it
+(every one written before the baselines existed) is a CLIPPO."""
 
 from __future__ import annotations
 
@@ -10,12 +16,13 @@ from typing import Any
 
 import torch
 
-from clippo.atomic import write_bytes_atomic, write_json_atomic
+from clippo.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 
 FORMAT = "clippo-model"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+DEFAULT_ARCHITECTURE = "clippo"  # what a config.json without "architecture" holds
 TORCH_WEIGHTS_FILES = ("pytorch_model.bin", "model.pt")  # read with weights_only=True only
 
 
@@ -32,10 +39,16 @@ def check_model_dir(directory: str | os.PathLike) -> Path:
 
 
 def save_model(
-    directory: str | os.PathLike, config: dict[str, Any], state: Mapping[str, torch.Tensor]
+    directory: str | os.PathLike,
+    config: dict[str, Any],
+    state: Mapping[str, torch.Tensor],
+    *,
+    architecture: str = DEFAULT_ARCHITECTURE,
+    files: Mapping[str, str] | None = None,
 ) -> Path:
-    """Write `config` (a `ModelConfig.to_dict()`) and the weights `state` into `directory`,
-    each file atomically. Returns the directory."""
+    """Write `config` (the model config's `to_dict()`), the weights `state` and `files` (file
+    name -> text, e.g. tokenizer.json) into `directory`, each file atomically; config.json,
+    which names the `architecture`, is written last. Returns the directory."""
     from safetensors.torch import save
 
     directory = check_model_dir(directory)
@@ -44,6 +57,18 @@ def save_model(
     # serialised in memory, then written by the atomic writer: safetensors' save_file replaces
     # the file it is given, which would drop the writer's 0644 mode for its own 0600
     write_bytes_atomic(directory / WEIGHTS_FILE, save(tensors, metadata={"format": "pt"}))
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": config}
+    for name, text in (files or {}).items():
+        if name in (CONFIG_FILE, WEIGHTS_FILE) or Path(name).name != name:
+            raise ValueError(
+                f"extra model file {name!r} must be a plain name, not {CONFIG_FILE} "
+                f"or {WEIGHTS_FILE}"
+            )
+        write_text_atomic(directory / name, text)
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "architecture": architecture,
+        "model": config,
+    }
     write_json_atomic(meta, directory / CONFIG_FILE)
     return directory
