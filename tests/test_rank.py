@@ -13,7 +13,7 @@ from clippo.cli import main as cli_main
 from clippo.data.images import load_image
 from clippo.model.one_tower import CLIPPO
 from clippo.preprocess import images_to_pixels
-from clippo.rank import Ranked, rank_candidates, rank_folder
+from clippo.rank import Ranked, rank_candidates, rank_folder, rank_prompts, read_prompts_file
 
 
 def test_rank_candidates_by_hand():
@@ -89,3 +89,69 @@ def test_rank_command_writes_ranking_and_grid(tiny, tmp_path, capsys):
     assert Image.open(grid).size[0] > 0
     assert cli_main([*args, str(tmp_path / "nothing")]) == 1
     assert "not a directory" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def per_prompt(tiny, tmp_path_factory):
+    """Two sub-folders of candidates (cats: 3, dogs: 2) and their prompts file."""
+    _, root = tiny
+    base = tmp_path_factory.mktemp("prompts")
+    rng = np.random.default_rng(2)
+    for name, n in (("cats", 3), ("dogs", 2)):
+        (base / "cands" / name).mkdir(parents=True)
+        for i in range(n):
+            pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(base / "cands" / name / f"{i}.png")
+    prompts = base / "prompts.tsv"
+    prompts.write_text("dogs\ttwo dogs on grass\n\ncats\ta cat asleep\n")
+    return base, prompts
+
+
+def test_rank_prompts_equals_one_prompt_at_a_time(tiny, per_prompt):
+    model, _ = tiny
+    base, prompts = per_prompt
+    pairs = read_prompts_file(prompts, base / "cands")
+    assert pairs == [("dogs", "two dogs on grass"), ("cats", "a cat asleep")]
+    results = rank_prompts(model, pairs, base / "cands", num_workers=0, progress=False)
+    for name, prompt in pairs:
+        alone, _ = rank_folder(model, prompt, base / "cands" / name, num_workers=0, progress=False)
+        got = results[name][0]
+        assert [r.id for r in got] == [r.id for r in alone]
+        np.testing.assert_allclose([r.score for r in got], [r.score for r in alone], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("cats a cat\n", r"prompts.tsv:1: expected NAME<TAB>PROMPT"),
+        ("cats\ta cat\ncats\tagain\ndogs\td\n", r"prompts.tsv:2: folder 'cats' already named"),
+        ("cats\ta cat\nbirds\tb\ndogs\td\n", r"prompts.tsv:2: no candidate folder .*birds"),
+        ("cats\ta cat\n", r"without a prompt line: \['dogs'\]"),
+        ("\n\n", r"prompts.tsv: no prompts"),
+    ],
+)
+def test_prompts_file_errors_name_file_and_line(per_prompt, tmp_path, text, message):
+    base, _ = per_prompt
+    bad = tmp_path / "prompts.tsv"
+    bad.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_prompts_file(bad, base / "cands")
+
+
+def test_rank_command_with_prompts_file(tiny, per_prompt, tmp_path, capsys):
+    _, root = tiny
+    base, prompts = per_prompt
+    out = tmp_path / "ranked"
+    args = ["rank", "--model", str(root / "model"), str(base / "cands"), "--num-workers", "0"]
+    assert cli_main([*args, "--prompts", str(prompts), "--out", str(out)]) == 0
+    for name, n in (("cats", 3), ("dogs", 2)):
+        rows = json.loads((out / name / "ranked.json").read_text())
+        assert [r["rank"] for r in rows] == list(range(1, n + 1))
+        assert rows[0]["image_path"] == str(base / "cands" / name / rows[0]["id"])
+        assert rows[0]["prompt"] == {"cats": "a cat asleep", "dogs": "two dogs on grass"}[name]
+        assert Image.open(out / name / "grid.png").size[0] > 0
+    capsys.readouterr()
+    assert cli_main([*args, "--prompts", str(prompts)]) == 1
+    assert "--prompts needs --out DIR" in capsys.readouterr().err
+    assert cli_main([*args, "--prompts", str(prompts), "--prompt", "x", "--out", "o"]) == 1
+    assert "one of them" in capsys.readouterr().err

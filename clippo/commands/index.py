@@ -1,4 +1,8 @@
-"""`clippo index`: a nearest-neighbour index (faiss) over what `clippo embed` wrote."""
+"""`clippo index`: a nearest-neighbour index (faiss) over what `clippo embed` wrote: FILE.npy
+(+ FILE.ids.txt), FILE.parquet, or a clip-retrieval folder (img_emb/, text_emb/, metadata/;
+`--modality` picks the embeddings, the metadata's image_path/caption columns are kept; an
+approximate index's recall is measured with the other modality's embeddings as held-out
+queries when the folder has them)."""
 
 from __future__ import annotations
 
@@ -33,28 +37,45 @@ def metadata_for(
 
 
 def _run(args: argparse.Namespace) -> int:
-    from clippo.embed import read_embeddings
+    from clippo.embed import CR_IMAGE, CR_METADATA, CR_TEXT, read_clip_retrieval, read_embeddings
     from clippo.search import Index, IndexParams
 
     emb = Path(args.embeddings)
-    if not emb.is_file():
+    held_out = None  # queries for the approximate index's recall (None: perturbed rows)
+    if emb.is_dir():
+        if not (emb / CR_METADATA).is_dir():
+            raise FileNotFoundError(
+                f"{emb}: a folder without {CR_METADATA}/ (not clip-retrieval's)"
+            )
+        vectors, metadata = read_clip_retrieval(emb, args.modality)
+        other = "text" if args.modality == "image" else "image"
+        if (
+            len(vectors) > args.exact_up_to
+            and (emb / {"image": CR_IMAGE, "text": CR_TEXT}[other]).is_dir()
+        ):
+            held_out = read_clip_retrieval(emb, other)[0]
+    elif not emb.is_file():
         raise FileNotFoundError(f"{emb}: no such embeddings file")
-    vectors, ids = read_embeddings(emb)
-    if len(ids) != len(vectors):
-        raise ValueError(f"{emb}: {len(vectors)} embeddings but {len(ids)} ids")
+    else:
+        vectors, ids = read_embeddings(emb)
+        if len(ids) != len(vectors):
+            raise ValueError(f"{emb}: {len(vectors)} embeddings but {len(ids)} ids")
+        metadata = metadata_for(ids, args.modality, args.image_root, args.texts)
     index = Index.build(
         vectors,
-        metadata_for(ids, args.modality, args.image_root, args.texts),
+        metadata,
         exact_up_to=args.exact_up_to,
         params=IndexParams(approximate=args.approximate),
         model=args.model_name,
         modality=args.modality,
+        recall_queries=held_out,
     )
     out = index.save(args.out)
     recall = index.meta["recall_at_10"]
+    how = f" on {index.meta['recall_queries']} queries" if "recall_queries" in index.meta else ""
     print(
-        f"indexed {len(index)} x {index.dim} ({index.kind}, recall@10 vs exact {recall:.4f}) "
-        f"-> {out}",
+        f"indexed {len(index)} x {index.dim} ({index.kind}, recall@10 vs exact {recall:.4f}"
+        f"{how}) -> {out}",
         file=sys.stderr,
     )
     return 0
@@ -67,7 +88,11 @@ def register(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("embeddings", metavar="EMB", help="FILE.npy (+ FILE.ids.txt) or FILE.parquet")
+    p.add_argument(
+        "embeddings",
+        metavar="EMB",
+        help="FILE.npy (+ FILE.ids.txt), FILE.parquet or a clip-retrieval folder",
+    )
     p.add_argument("--out", required=True, help="index folder to write")
     p.add_argument("--modality", choices=("image", "text"), default="image")
     p.add_argument(
