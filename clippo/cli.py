@@ -36,6 +36,7 @@ COMMANDS: Registry[Callable[[Any], None]] = Registry(
             "index",
             "search",
             "rank",
+            "clean",
         )
     },
     callables=True,

@@ -60,6 +60,11 @@ def test_wheel_installs_and_imports_outside_repo(tmp_path):
         for path in (ROOT / folder).rglob("*.py"):
             assert f"{package}/{path.relative_to(ROOT / folder).as_posix()}" in names, path
     assert "License-Expression: Apache-2.0" in metadata
+    # package data: class names and the local metric modules travel in the wheel
+    assert {
+        "clippo/eval/data/class_names.json",
+        "clippo/eval/data/LICENSE-class_names.txt",
+    } <= names
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
         check=True, capture_output=True,

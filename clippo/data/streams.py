@@ -60,8 +60,8 @@ def check_stream_spec(spec: str) -> None:
     scheme = url_scheme(spec)
     if scheme is None:
         return
-    import fsspec  # type: ignore[import-untyped]
-    from fsspec.registry import known_implementations  # type: ignore[import-untyped]
+    import fsspec
+    from fsspec.registry import known_implementations
 
     try:
         fsspec.get_filesystem_class(scheme)
