@@ -19,10 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
 from clippo import typed_config
 from clippo.errors import read_utf8
 from clippo.registry import Registry, UnknownNameError
+from clippo.train.log import WandbConfig
 from clippo.train.optim import OptimConfig
+from clippo.train.precision import PrecisionError, check_precision
 from clippo.train.schedule import ScheduleConfig
 from clippo.typed_config import ConfigError, deep_merge, from_dict, to_plain
 
@@ -40,6 +44,8 @@ __all__ = [
     "LoopConfig",
     "CheckpointConfig",
     "LoggingConfig",
+    "ValidationConfig",
+    "WandbConfig",  # re-exported from clippo.train.log
     "TrainConfig",
     "PRESETS",
     "preset",
@@ -131,19 +137,28 @@ class ModelSection:
 @dataclass(frozen=True)
 class LoopConfig:
     """The step loop. `batch_size` is the global number of pairs per optimiser step; it is split
-    over ranks and then over `accum_steps` micro-batches. precision "auto": bf16 on CUDA with bf16
-    support and on CPUs with AMX-BF16, else fp32 (`clippo.train.precision`: a fixed rule).
-    clip_grad_norm: global-norm gradient clipping (0 = off)."""
+    over ranks and then over `accum_steps` micro-batches.
+
+    precision: "bf16" or "fp16" autocast, or "fp32"; "auto": bf16 on CUDA with bf16 support and on
+    CPUs with AMX-BF16, else fp32 (`clippo.train.precision`: a fixed rule, never fp16). "fp16" (for
+    GPUs without bf16: V100, T4) trains with a gradient scaler (skips steps whose gradients
+    overflow; its state is checkpointed); on CPU it runs but slowly, and it is refused with FSDP
+    (see `clippo.train.precision`). The choice is saved with the run in train_config.json.
+    clip_grad_norm: global-norm gradient clipping (0 = off).
+    max_logit_scale: clamp the learned logit scale exp(t) to at most this after every optimiser
+    step (t <= ln max_logit_scale); 0 = no clamp. CLIP clamps at 100; big_vision (and so the
+    `clippo-b16` preset) does not clamp."""
 
     steps: int = 1000
     batch_size: int = 256
     accum_steps: int = 1
-    precision: Literal["bf16", "fp32", "auto"] = "bf16"
+    precision: Literal["bf16", "fp16", "fp32", "auto"] = "bf16"
     device: str = "auto"
     parallel: Literal["auto", "ddp", "fsdp"] = "auto"
     loss: Literal["softmax", "sigmoid"] = "softmax"
     local_loss: bool = False
     clip_grad_norm: float = 1.0
+    max_logit_scale: float = 0.0
     seed: int = 0
 
 
@@ -160,12 +175,52 @@ class CheckpointConfig:
 
 @dataclass(frozen=True)
 class LoggingConfig:
+    """Metrics go to `<run_dir>/metrics.jsonl` every `every_steps`, and to TensorBoard (when
+    installed) and Weights & Biases (`wandb`, off by default) beside it. eval_every_steps: how
+    often the trainer's evaluation hooks run (0 = only at the end)."""
+
     run_dir: str = "runs/train"
     every_steps: int = 10
     eval_every_steps: int = 0
     tensorboard: bool = True
     progress: bool = True
     loss_png: bool = True
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """A validation loss on held-out pairs, logged as `val/loss` every `every` optimiser steps
+    (0 = off) and at the end: the training loss (`loop.loss`, this rank's training batch size,
+    the training precision) averaged over the first `batches` batches of these sources (the
+    same batches every time, so the values are comparable), with the model in eval mode under
+    no_grad.
+
+    image_text / text_pairs: held-out sources, in `data`'s format (e.g. a shard range the training
+    sources do not read). text_pair_fraction: the share of text pairs in each batch; unset:
+    `data`'s when text_pairs are given, else 0. num_workers: DataLoader workers (0 = in the
+    training process).
+    """
+
+    every: int = 0
+    batches: int = 1
+    image_text: tuple[SourceConfig, ...] = ()
+    text_pairs: tuple[SourceConfig, ...] = ()
+    text_pair_fraction: float | None = None
+    num_workers: int = 0
+
+    def data_config(self, train: DataConfig) -> DataConfig:
+        """These sources as a data section (rendering and prefetch as in `train`)."""
+        fraction = self.text_pair_fraction
+        if fraction is None:
+            fraction = train.text_pair_fraction if self.text_pairs else 0.0
+        return dataclasses.replace(
+            train,
+            image_text=self.image_text,
+            text_pairs=self.text_pairs,
+            text_pair_fraction=fraction,
+            num_workers=self.num_workers,
+        )
 
 
 @dataclass(frozen=True)
@@ -177,6 +232,7 @@ class TrainConfig:
     loop: LoopConfig = field(default_factory=LoopConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     # [[eval]] tables, kept opaque here: the command layer turns them into evaluation hooks
     eval: tuple[dict[str, Any], ...] = ()
 
@@ -213,7 +269,9 @@ def _validate(cfg: TrainConfig) -> None:
             f"loop.batch_size {lp.batch_size} is not divisible by loop.accum_steps {lp.accum_steps}"
         )
     non_negative("loop.clip_grad_norm", lp.clip_grad_norm)
+    non_negative("loop.max_logit_scale", lp.max_logit_scale)
     non_negative("loop.seed", lp.seed)
+    _validate_precision(lp)
     non_negative("data.num_workers", cfg.data.num_workers)
     positive("data.prefetch_factor", cfg.data.prefetch_factor)
     if lp.steps > 1 and cfg.schedule.warmup_steps >= lp.steps:
@@ -236,6 +294,40 @@ def _validate(cfg: TrainConfig) -> None:
     for group in ("image_text", "text_pairs"):
         for i, src in enumerate(getattr(cfg.data, group)):
             positive(f"data.{group}.{i}.weight", src.weight)
+    val = cfg.validation
+    non_negative("validation.every", val.every)
+    positive("validation.batches", val.batches)
+    non_negative("validation.num_workers", val.num_workers)
+    if val.text_pair_fraction is not None and not 0.0 <= val.text_pair_fraction <= 1.0:
+        raise ConfigError(
+            f"validation.text_pair_fraction must be in [0, 1], got {val.text_pair_fraction}"
+        )
+    if val.every and not (val.image_text or val.text_pairs):
+        raise ConfigError(
+            f"validation.every = {val.every} but validation has no sources: give "
+            "validation.image_text and/or validation.text_pairs (held-out pairs)"
+        )
+    for group in ("image_text", "text_pairs"):
+        for i, src in enumerate(getattr(val, group)):
+            positive(f"validation.{group}.{i}.weight", src.weight)
+    wb = cfg.logging.wandb
+    if wb.enabled and not wb.project:
+        raise ConfigError("logging.wandb.project must not be empty when logging.wandb.enabled")
+
+
+def _validate_precision(lp: LoopConfig) -> None:
+    """fp16's rule (`clippo.train.precision.check_precision`), for the device when the config names
+    one; with device "auto" the trainer checks again once it knows the device."""
+    if lp.precision != "fp16":
+        return
+    try:
+        device = None if lp.device == "auto" else torch.device(lp.device).type
+    except RuntimeError as e:  # torch's error for an unknown device string
+        raise ConfigError(f"loop.device: {e}") from None
+    try:
+        check_precision(lp.precision, device, lp.parallel)
+    except PrecisionError as e:
+        raise ConfigError(str(e)) from None
 
 
 # ---- dict <-> TrainConfig ----------------------------------------------------------------------
@@ -332,7 +424,8 @@ def _coco_sanity() -> TrainConfig:
 def _clippo_b16() -> TrainConfig:
     """The CLIPPO paper's B/16 recipe (big_vision's clippo config): batch 10,240 for 250k steps,
     Adafactor lr 1e-3 with decoupled wd 1e-4, rsqrt schedule with 10k-step warm-up, cool-down
-    and timescale."""
+    and timescale; the logit scale is not clamped (big_vision has no clamp; CLIP's is
+    `loop.max_logit_scale = 100`)."""
     return TrainConfig(
         data=DataConfig(
             image_text=(SourceConfig(kind="webdataset", path="shards/{000000..000999}.tar"),)
@@ -342,7 +435,8 @@ def _clippo_b16() -> TrainConfig:
         schedule=ScheduleConfig(
             kind="rsqrt", warmup_steps=10_000, cooldown_steps=10_000, timescale=10_000
         ),
-        loop=LoopConfig(steps=250_000, batch_size=10_240),
+        # big_vision lets the temperature go where the loss takes it: no logit-scale clamp
+        loop=LoopConfig(steps=250_000, batch_size=10_240, max_logit_scale=0.0),
         checkpoint=CheckpointConfig(every_steps=1000, keep_last=3),
         logging=LoggingConfig(run_dir="runs/clippo-b16", every_steps=50),
     )

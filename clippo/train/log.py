@@ -1,20 +1,79 @@
-"""Training logs: JSONL metrics, optional TensorBoard, a tqdm bar with pairs/s, loss-curve PNGs.
+"""Training logs: JSONL metrics, optional TensorBoard and Weights & Biases, a tqdm bar with
+pairs/s, loss-curve PNGs.
 
 Only rank 0 should build these; other ranks pass `enabled=False` and every call is a no-op.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 from clippo.atomic import atomic_path, write_text_atomic
+from clippo.typed_config import ConfigError
 
 METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class WandbConfig:
+    """Weights & Biases logging (`logging.wandb`; needs the `wandb` package): every record of
+    metrics.jsonl is also logged to a W&B run, with the resolved training config as its config.
+
+    project, entity ("" = W&B's default), name ("" = the run folder's name), tags: the W&B run's.
+    mode: "online", "offline" (written under `dir` only, no network; `wandb sync` uploads it
+    later) or "disabled". It is passed to `wandb.init`, never read from the environment here.
+    dir: the folder wandb writes into ("" = the run folder). A resumed training run continues
+    the same W&B run (its id is saved in the checkpoint's trainer state).
+    """
+
+    enabled: bool = False
+    project: str = "clippo"
+    entity: str = ""
+    name: str = ""
+    tags: tuple[str, ...] = ()
+    mode: Literal["online", "offline", "disabled"] = "online"
+    dir: str = ""
+
+
+def require_wandb() -> None:
+    """ConfigError unless the `wandb` package can be imported (the config asked for it)."""
+    if importlib.util.find_spec("wandb") is None:
+        raise ConfigError(
+            "logging.wandb.enabled is true but the wandb package is not installed "
+            "(pip install wandb), or set logging.wandb.enabled = false"
+        )
+
+
+def start_wandb(
+    cfg: WandbConfig, run_dir: Path, config: Mapping[str, Any], run_id: str | None = None
+) -> Any:
+    """A `wandb` run for `cfg` (continuing `run_id` when given); ConfigError when wandb is not
+    installed, since the config asked for it."""
+    require_wandb()
+    import wandb
+
+    folder = Path(cfg.dir) if cfg.dir else run_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    return wandb.init(
+        project=cfg.project,
+        entity=cfg.entity or None,
+        name=cfg.name or run_dir.resolve().name,
+        tags=list(cfg.tags),
+        mode=cfg.mode,
+        dir=str(folder),
+        config=dict(config),
+        id=run_id,
+        resume="allow" if run_id else None,
+        # wandb's console capture would wrap this process's stdout and stderr
+        settings=wandb.Settings(console="off"),
+    )
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -39,6 +98,8 @@ class MetricsLogger:
 
     `resume_step`: records after that step (written by a run that died before its next
     checkpoint) are dropped so the file matches the resumed run exactly.
+    `wandb`: also log to Weights & Biases (`WandbConfig`), with `config` as the W&B run's config
+    and `wandb_id` the W&B run to continue (a resumed run's); `wandb_id` is then this run's id.
     """
 
     def __init__(
@@ -48,11 +109,16 @@ class MetricsLogger:
         tensorboard: bool = True,
         enabled: bool = True,
         resume_step: int | None = None,
+        wandb: WandbConfig | None = None,
+        config: Mapping[str, Any] | None = None,
+        wandb_id: str | None = None,
     ) -> None:
         self.enabled = enabled
         self.path = Path(run_dir) / METRICS_FILE
         self._file = None
         self._tb = None
+        self._wandb: Any = None
+        self.wandb_id = wandb_id
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,6 +137,9 @@ class MetricsLogger:
                 pass
             else:
                 self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+        if wandb is not None and wandb.enabled:
+            self._wandb = start_wandb(wandb, Path(run_dir), config or {}, wandb_id)
+            self.wandb_id = self._wandb.id
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         if not self.enabled or self._file is None:
@@ -84,6 +153,8 @@ class MetricsLogger:
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
                     self._tb.add_scalar(k, v, step)
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in record.items() if k != "step"}, step=int(step))
 
     def close(self) -> None:
         if self._file is not None:
@@ -92,6 +163,9 @@ class MetricsLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
 
     def __enter__(self) -> MetricsLogger:
         return self

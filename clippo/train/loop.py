@@ -16,7 +16,14 @@ optimiser, schedule, precision, checkpoints and DDP/FSDP wrapping, e.g. a
 
 Hooks are callables `hook(model, step) -> {name: number}` run every `logging.eval_every_steps`
 and at the end, with the model in eval mode under no_grad; the application layer passes them in,
-so this module never imports `clippo.eval`.
+so this module never imports `clippo.eval`. The validation loss (`cfg.validation`: the training
+loss on held-out batches, logged as `val/loss`) is the trainer's own.
+
+Precision (`clippo.train.precision`): bf16 or fp16 autocast, or float32. Under fp16 a gradient
+scaler multiplies each micro-batch's loss before backward and unscales the accumulated gradient
+once per optimiser step, before clipping; a step whose gradient holds inf/NaN is skipped (the
+weights and the optimiser state stay as they were, the schedule and the data move on) and the
+scale halves. Inf/NaN at a scale of 1 or less is a real divergence: NonFiniteLossError.
 """
 
 from __future__ import annotations
@@ -33,14 +40,21 @@ import torch
 from torch import Tensor, nn
 
 import clippo.train.distributed as cdist
+from clippo.model.bigvision import CheckpointError
 from clippo.model.checkpoint import load_dir, load_image_init
 from clippo.model.one_tower import CLIPPO
 from clippo.train.config import ConfigError, LoopConfig, ModelSection, TrainConfig
 from clippo.train.data import TrainData
-from clippo.train.log import METRICS_FILE, MetricsLogger, Progress, plot_loss_curve
+from clippo.train.log import (
+    METRICS_FILE,
+    MetricsLogger,
+    Progress,
+    plot_loss_curve,
+    require_wandb,
+)
 from clippo.train.loss import ContrastiveLoss
 from clippo.train.optim import build_optimizer, set_lr
-from clippo.train.precision import choose_precision
+from clippo.train.precision import PrecisionError, check_precision, choose_precision, grad_scaler
 from clippo.train.schedule import build_schedule
 from clippo.train.state import (
     CHECKPOINTS,
@@ -75,6 +89,11 @@ DataFactory = Callable[[int], Iterator[Batch]]
 Hook = Callable[[nn.Module, int], Mapping[str, Any]]
 # (the model to train, the config) -> the step; called once, after the model is on the device
 StepFactory = Callable[[CLIPPO, TrainConfig], TrainStep]
+
+
+GRAD_SCALER = "grad_scaler"  # the fp16 scaler's state in the checkpoint's optimizer.json
+SKIPPED = "fp16_skipped_steps"  # TrainerState.extra: steps skipped for inf/NaN gradients
+WANDB_ID = "wandb_id"  # TrainerState.extra: the W&B run a resumed run continues
 
 
 class NonFiniteLossError(RuntimeError):
@@ -114,7 +133,13 @@ def restore_or_build_model(
     """The model to train: the checkpoint's when resuming (`given` is then ignored), else
     `given`, else a new one built from `section`."""
     if checkpoint is not None:
-        return load_dir(checkpoint.path)
+        model = load_dir(checkpoint.path)
+        if not isinstance(model, CLIPPO):  # the folder of another architecture's `save`
+            raise CheckpointError(
+                f"{checkpoint.path}: holds a {type(model).__name__}; the trainer resumes CLIPPO "
+                "checkpoints only"
+            )
+        return model
     return given if given is not None else build_model(section)
 
 
@@ -181,13 +206,23 @@ class Trainer:
         self.local_batch = local_batch_size(lp, self.dist.world_size)
         # chosen from the flag and the processor (never timed): the same run gets the same choice
         self.precision = choose_precision(lp.precision, self.device)
+        try:  # the config checked what it could; the device is known only now
+            check_precision(self.precision.name, self.device.type, lp.parallel)
+        except PrecisionError as e:
+            raise ConfigError(str(e)) from None
         self.bf16 = self.precision.bf16
+        # fp16 only; a disabled scaler passes everything through unchanged
+        self.scaler = grad_scaler(self.precision, self.device)
+        # the clamp on t = log(logit scale), after every optimiser step (None: no clamp)
+        self.max_t = math.log(lp.max_logit_scale) if lp.max_logit_scale else None
         self.run_dir = Path(cfg.logging.run_dir)
         if self.dist.is_main:  # before any work: not at the first save, every_steps steps in
             outputs = [self.run_dir, self.run_dir / CHECKPOINTS]
             if cfg.logging.tensorboard:
                 outputs.append(self.run_dir / "tensorboard")  # MetricsLogger's folder
             check_writable(outputs)
+            if cfg.logging.wandb.enabled:
+                require_wandb()  # now, not after the model is built
         torch.manual_seed(lp.seed)  # the same init on every rank
 
         resume = self._checkpoint_to_resume()
@@ -206,7 +241,11 @@ class Trainer:
         if resume is not None:
             load_optimizer_state(self.core, self.optimizer, resume.optim["optimizer"], self.fsdp)
             set_rng_state(resume.optim["rng"])
+            # a run resumed in fp16 from a checkpoint of another precision starts a fresh scale
+            if self.scaler.is_enabled() and resume.optim.get(GRAD_SCALER):
+                self.scaler.load_state_dict(resume.optim[GRAD_SCALER])
         self.data = self._position_data(data)
+        self.validation = self._validation_data()
 
     # ---- building, in the order of __init__ ----------------------------------------------------
 
@@ -295,6 +334,25 @@ class Trainer:
             data.load_state_dict(self.state.data)
         return data
 
+    def _validation_data(self) -> TrainData | None:
+        """The held-out batches of `cfg.validation` (None when it is off), built like the
+        training data at this rank's batch size."""
+        val, lp = self.cfg.validation, self.cfg.loop
+        if not val.every:
+            return None
+        try:
+            return TrainData(
+                val.data_config(self.cfg.data),
+                self.model.renderer,
+                self.local_batch,
+                seed=lp.seed,
+                rank=self.dist.rank,
+                world_size=self.dist.world_size,
+                pin_memory=self.device.type == "cuda",
+            )
+        except ConfigError as e:  # TrainData names the keys as a data section's
+            raise ConfigError(f"validation (its sources, built as a data section): {e}") from None
+
     # ---- one optimiser step --------------------------------------------------------------------
 
     def _sync(self, last: bool) -> contextlib.AbstractContextManager:
@@ -310,20 +368,31 @@ class Trainer:
         return cast("FSDPModule", self.core)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+        dtype = self.precision.autocast_dtype
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
-    def step(self, batch: Batch) -> Tensor:
-        """Forward/backward over the batch (accumulating micro-batches) -> detached loss []."""
+    def _backward(self, loss: Tensor) -> None:
+        """Backward through the loss, multiplied by the fp16 loss scale (else as it is)."""
+        self.scaler.scale(loss).backward()
+
+    def _inputs(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """A data batch -> (left, right) on the device, checked to be this rank's batch size."""
         left, right = self.core.inputs(batch, self.device, self.model.renderer)
         if len(left) != self.local_batch or len(right) != self.local_batch:
             raise ValueError(
                 f"data gave a batch of {len(left)}/{len(right)} rows; expected {self.local_batch}"
             )
+        return left, right
+
+    def step(self, batch: Batch) -> Tensor:
+        """Forward/backward over the batch (accumulating micro-batches) -> detached loss [].
+        Under fp16 the gradients are left multiplied by the loss scale (`update` unscales)."""
+        left, right = self._inputs(batch)
         n = self.cfg.loop.accum_steps
         if n == 1:
             with self._sync(True), self._autocast():
                 loss = self.module(left, right, Loss())
-            loss.backward()
+            self._backward(loss)
             return loss.detach()
         return self._accumulate(_chunks(left, n), _chunks(right, n))
 
@@ -340,9 +409,50 @@ class Trainer:
             request = CachedLoss(zls, zrs, index=i, owns_shared=i == n - 1)
             with self._sync(i == n - 1), self._autocast():
                 loss = self.module(lefts[i], rights[i], request)
-            loss.backward()
+            self._backward(loss)  # each micro-batch's part, scaled by the same scale
             losses.append(loss.detach())
         return losses[0]
+
+    def _batch_loss(self, left: Tensor, right: Tensor) -> Tensor:
+        """The training loss of one batch without gradients -> []: one forward, or with
+        accumulation the embeddings of every micro-batch and the loss over all of them (what
+        `_accumulate` evaluates, with one micro-batch's activations in memory at a time)."""
+        n = self.cfg.loop.accum_steps
+        with torch.no_grad(), self._autocast():
+            if n == 1:
+                return self.module(left, right, Loss())
+            lefts, rights = _chunks(left, n), _chunks(right, n)
+            embedded = [self.module(a, b, Embed()) for a, b in zip(lefts[:-1], rights[:-1])]
+            # the last micro-batch is embedded inside the loss call, which replaces entry n-1
+            zls = [z[0] for z in embedded] + [torch.empty(0)]
+            zrs = [z[1] for z in embedded] + [torch.empty(0)]
+            return self.module(lefts[-1], rights[-1], CachedLoss(zls, zrs, n - 1, True))
+
+    def validation_loss(self) -> float:
+        """The training loss averaged over the first `validation.batches` held-out batches, with
+        the model in eval mode under no_grad (collective: every rank takes part)."""
+        if self.validation is None:
+            raise ConfigError("validation.every is 0: no validation data")
+        wanted = self.cfg.validation.batches
+        batches = self.validation(0)  # from the start every time: the same batches
+        total = torch.zeros((), device=self.device)
+        self.module.eval()
+        try:
+            for i in range(wanted):
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    raise ConfigError(
+                        f"validation: the held-out sources gave {i} batches; "
+                        f"validation.batches = {wanted}"
+                    ) from None
+                total += self._batch_loss(*self._inputs(batch)).float()
+        finally:
+            self.module.train()
+        if self.dist.is_distributed:  # local_loss: each rank holds its share of the loss
+            torch.distributed.all_reduce(total)
+            total /= self.dist.world_size
+        return float(total) / wanted
 
     # ---- checkpoints ---------------------------------------------------------------------------
 
@@ -363,6 +473,8 @@ class Trainer:
                 optim_state={
                     "optimizer": osd if osd is not None else self.optimizer.state_dict(),
                     "rng": rng_state(),
+                    # plain numbers (the scale, the growth tracker): JSON in optimizer.json
+                    **({GRAD_SCALER: self.scaler.state_dict()} if self.scaler.is_enabled() else {}),
                 },
                 train_config=self.cfg.to_dict(),
                 keep_last=self.cfg.checkpoint.keep_last,
@@ -385,6 +497,15 @@ class Trainer:
 
     # ---- the loop ------------------------------------------------------------------------------
 
+    def _scaler_values(self) -> dict[str, float]:
+        """fp16: the loss scale and the steps skipped so far for inf/NaN gradients."""
+        if not self.scaler.is_enabled():
+            return {}
+        return {
+            "fp16/loss_scale": self.scaler.get_scale(),
+            "fp16/skipped_steps": self.state.extra.get(SKIPPED, 0),
+        }
+
     def _hooks(self, step: int) -> dict[str, Any]:
         if not self.hooks or not (self.dist.is_main or self.fsdp):
             return {}
@@ -402,7 +523,8 @@ class Trainer:
 
     def update(self, batch: Any, stop_requested: bool = False) -> tuple[float, float, bool]:
         """One optimiser step -> (loss, grad norm, any rank asked to stop); raises on NaN/inf
-        before the optimiser touches the weights."""
+        before the optimiser touches the weights. Under fp16 a gradient with inf/NaN skips the
+        step instead (the grad norm returned is then inf or NaN), unless the scale is <= 1."""
         loss = self.step(batch)
         # one collective per step: the loss (for logging and the NaN check) and the SIGTERM flag
         flags = torch.stack([loss.float(), loss.new_tensor(float(stop_requested))])
@@ -412,12 +534,20 @@ class Trainer:
         loss_v, stop = flags.tolist()
         if not math.isfinite(loss_v):
             raise NonFiniteLossError(self.state.step, "loss", loss_v)
+        # the accumulated gradient, unscaled once (a no-op unless fp16), then clipped
+        self.scaler.unscale_(self.optimizer)
         clip = self.cfg.loop.clip_grad_norm or math.inf  # inf: measure the norm, do not clip
         gnorm = float(full_value(nn.utils.clip_grad_norm_(self.params, clip)))
         if not math.isfinite(gnorm):
-            raise NonFiniteLossError(self.state.step, "gradient norm", gnorm)
-        self.optimizer.step()
+            if not self.scaler.is_enabled() or self.scaler.get_scale() <= 1.0:
+                raise NonFiniteLossError(self.state.step, "gradient norm", gnorm)
+            self.state.extra[SKIPPED] = self.state.extra.get(SKIPPED, 0) + 1
+        self.scaler.step(self.optimizer)  # skipped when unscale_ found inf/NaN
+        self.scaler.update()  # fp16: halves the scale after a skip, doubles it every 2,000 good
         self.optimizer.zero_grad(set_to_none=True)
+        if self.max_t is not None:  # CLIP's clamp: logit scale <= max_logit_scale
+            with torch.no_grad():
+                self.model.t.clamp_(max=self.max_t)
         return loss_v, gnorm, stop > 0
 
     def run(self) -> TrainResult:
@@ -429,8 +559,16 @@ class Trainer:
         )
         resume_step = st.step if st.step else None
         self.logger = MetricsLogger(
-            self.run_dir, tensorboard=cfg.logging.tensorboard, enabled=main, resume_step=resume_step
+            self.run_dir,
+            tensorboard=cfg.logging.tensorboard,
+            enabled=main,
+            resume_step=resume_step,
+            wandb=cfg.logging.wandb,
+            config=cfg.to_dict(),
+            wandb_id=st.extra.get(WANDB_ID),
         )
+        if self.logger.wandb_id is not None:  # saved with each checkpoint: resuming continues it
+            st.extra[WANDB_ID] = self.logger.wandb_id
         bar = Progress(total, st.step, enabled=main and cfg.logging.progress)
         data = self.data(st.step)
         last: dict[str, Any] = {}
@@ -465,10 +603,16 @@ class Trainer:
                             "data_time": t_data,
                             "pairs_seen": st.pairs_seen,
                             "precision": self.precision.name,
+                            **self._scaler_values(),
                             **{f"skipped/{k}": n for k, n in skipped.items()},
                         }
                         losses.clear()
                         self.logger.log(st.step, last)
+                    vev = cfg.validation.every
+                    if vev and (st.step % vev == 0 or st.step == total):
+                        val = {"val/loss": self.validation_loss()}
+                        self.logger.log(st.step, val)
+                        last = {**last, **val}
                     ev = cfg.logging.eval_every_steps
                     if (ev and st.step % ev == 0) or st.step == total:
                         metrics = self._hooks(st.step)

@@ -1,7 +1,9 @@
 """Contrastive losses for CLIPPO: softmax (CLIP / big_vision) and sigmoid (SigLIP).
 
 Pure functions work on whatever embeddings they are given; `ContrastiveLoss` adds the
-distributed part (all-gather with gradients, optional local loss).
+distributed part (all-gather with gradients, optional local loss). They compute in the promoted
+dtype of their inputs, at least float32 (also inside a bf16/fp16 autocast region): bf16 and fp16
+embeddings in float32, float64 ones in float64, so `torch.autograd.gradcheck` can check them.
 
 Distributed gradient convention (what DDP's gradient *averaging* needs):
 every rank returns a loss whose gradient, summed over ranks and divided by the world size W
@@ -40,8 +42,21 @@ SIGLIP_BIAS_INIT = -10.0  # SigLIP's init of the learned bias: every pair starts
 
 
 def _fp32(device: torch.device) -> torch.autocast:
-    """Compute the loss in float32 even inside a bf16 autocast region (logsumexp over B)."""
+    """Compute the loss in (at least) float32 even inside a bf16/fp16 autocast region
+    (logsumexp over B)."""
     return torch.autocast(device_type=device.type, enabled=False)
+
+
+def _promote(*xs: torch.Tensor | float) -> tuple[torch.Tensor, ...]:
+    """`xs` as tensors of one dtype: their promoted dtype, at least float32. bf16/fp16 inputs are
+    computed in float32; float64 ones stay float64 (so `torch.autograd.gradcheck` can run). A
+    Python number takes the tensors' dtype (it does not raise float32 to float64)."""
+    ts = [torch.as_tensor(x) for x in xs]
+    dtype = torch.float32
+    for x, t in zip(xs, ts):
+        if isinstance(x, torch.Tensor):
+            dtype = torch.promote_types(dtype, t.dtype)
+    return tuple(t.to(dtype) for t in ts)
 
 
 def _check_pair(zimg: torch.Tensor, ztxt: torch.Tensor) -> None:
@@ -65,7 +80,8 @@ def softmax_contrastive_loss(
             f"softmax loss needs as many images as texts, got {zimg.shape[0]} and {ztxt.shape[0]}"
         )
     with _fp32(zimg.device):
-        logits = torch.as_tensor(logit_scale).float().reshape(()) * (zimg.float() @ ztxt.float().T)
+        zimg, ztxt, scale = _promote(zimg, ztxt, logit_scale)
+        logits = scale.reshape(()) * (zimg @ ztxt.T)
         target = torch.arange(logits.shape[0], device=logits.device)
         return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
@@ -92,9 +108,12 @@ def softmax_contrastive_loss_local(
             f"bad shard: b={b}, ztxt rows={ztxt.shape[0]}, offset={offset}, B={zimg_all.shape[0]}"
         )
     with _fp32(zimg.device):
-        scale = torch.as_tensor(logit_scale).float().reshape(())
-        img_rows = scale * (zimg.float() @ ztxt_all.float().T)  # [b, B]: my images vs all texts
-        txt_cols = scale * (ztxt.float() @ zimg_all.float().T)  # [b, B]: my texts vs all images
+        zimg, ztxt, zimg_all, ztxt_all, scale = _promote(
+            zimg, ztxt, zimg_all, ztxt_all, logit_scale
+        )
+        scale = scale.reshape(())
+        img_rows = scale * (zimg @ ztxt_all.T)  # [b, B]: my images vs all texts
+        txt_cols = scale * (ztxt @ zimg_all.T)  # [b, B]: my texts vs all images
         target = torch.arange(offset, offset + b, device=zimg.device)
         return 0.5 * (F.cross_entropy(img_rows, target) + F.cross_entropy(txt_cols, target))
 
@@ -102,8 +121,9 @@ def softmax_contrastive_loss_local(
 def _sigmoid_rows(
     zimg: torch.Tensor, ztxt_all: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, offset: int
 ) -> torch.Tensor:
-    """Sum over rows zimg [b, D] vs ztxt_all [B, D] of -log sigmoid(label * logit)."""
-    logits = scale * (zimg.float() @ ztxt_all.float().T) + bias  # [b, B]
+    """Sum over rows zimg [b, D] vs ztxt_all [B, D] of -log sigmoid(label * logit); the inputs
+    already share one dtype (`_promote`)."""
+    logits = scale * (zimg @ ztxt_all.T) + bias  # [b, B]
     labels = -torch.ones_like(logits)
     idx = torch.arange(logits.shape[0], device=logits.device)
     labels[idx, idx + offset] = 1.0
@@ -125,9 +145,8 @@ def sigmoid_contrastive_loss(
             f"sigmoid loss needs as many images as texts, got {zimg.shape[0]} and {ztxt.shape[0]}"
         )
     with _fp32(zimg.device):
-        scale = torch.as_tensor(logit_scale).float().reshape(())
-        bias = torch.as_tensor(logit_bias).float().reshape(())
-        return _sigmoid_rows(zimg, ztxt, scale, bias, 0) / zimg.shape[0]
+        zimg, ztxt, scale, bias = _promote(zimg, ztxt, logit_scale, logit_bias)
+        return _sigmoid_rows(zimg, ztxt, scale.reshape(()), bias.reshape(()), 0) / zimg.shape[0]
 
 
 def sigmoid_contrastive_loss_local(
@@ -147,9 +166,8 @@ def sigmoid_contrastive_loss_local(
     if not 0 <= offset <= ztxt_all.shape[0] - b:
         raise ValueError(f"bad shard: b={b}, offset={offset}, B={ztxt_all.shape[0]}")
     with _fp32(zimg.device):
-        scale = torch.as_tensor(logit_scale).float().reshape(())
-        bias = torch.as_tensor(logit_bias).float().reshape(())
-        return _sigmoid_rows(zimg, ztxt_all, scale, bias, offset) / b
+        zimg, ztxt_all, scale, bias = _promote(zimg, ztxt_all, logit_scale, logit_bias)
+        return _sigmoid_rows(zimg, ztxt_all, scale.reshape(()), bias.reshape(()), offset) / b
 
 
 class ContrastiveLoss(nn.Module):

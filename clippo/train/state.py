@@ -7,9 +7,11 @@ Layout:
         config.json, model.safetensors   # exactly what `model.save` writes: `clippo.load(dir)` works
         loss.safetensors                 # the loss module's parameters (the sigmoid loss's bias)
         optimizer.safetensors            # the optimiser state's tensors and the torch RNG states
-        optimizer.json                   # the rest of it: param groups, python/numpy RNG states
+        optimizer.json                   # the rest of it: param groups, python/numpy RNG states,
+                                         # the fp16 gradient scaler's state (fp16 runs only)
         train_config.json                # the resolved TrainConfig: what ran
-        trainer_state.json               # step, data position, counters
+        trainer_state.json               # step, data position, counters (in `extra`: the
+                                         # W&B run id, fp16 steps skipped)
         manifest.json                    # written last: every file above with size and sha256
 
 A checkpoint is built in `checkpoints/.tmp-step_...` and renamed into place; it is complete when

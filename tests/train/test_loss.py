@@ -194,3 +194,70 @@ def test_loss_runs_in_float32_under_bf16_autocast():
         got = softmax_contrastive_loss(zimg, ztxt, 10.0)
     assert got.dtype == torch.float32
     assert got.item() == pytest.approx(ref.item(), rel=1e-6)
+
+
+def test_bf16_and_fp16_inputs_are_computed_in_float32_and_float64_stays_float64():
+    zimg, ztxt = _unit(6, 8, 12), _unit(6, 8, 13)  # float64
+    exact = softmax_contrastive_loss(zimg, ztxt, 10.0)
+    assert exact.dtype == torch.float64
+    assert sigmoid_contrastive_loss(zimg, ztxt, 10.0, -1.0).dtype == torch.float64
+    for low in (torch.bfloat16, torch.float16):
+        got = softmax_contrastive_loss(zimg.to(low), ztxt.to(low), torch.tensor(10.0, dtype=low))
+        assert got.dtype == torch.float32
+        # float32 maths on the rounded inputs: the rounding of the inputs is the only error
+        ref = softmax_contrastive_loss(zimg.to(low).double(), ztxt.to(low).double(), 10.0)
+        assert got.item() == pytest.approx(ref.item(), rel=1e-6)
+    with torch.autocast("cpu", dtype=torch.float16):
+        got = sigmoid_contrastive_loss(zimg.float(), ztxt.float(), 10.0, -1.0)
+    assert got.dtype == torch.float32
+
+
+def _gradcheck_inputs(b: int, d: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """Non-unit float64 embeddings (so every direction of the gradient is tested), a logit scale
+    and a bias, all requiring gradients."""
+    g = torch.Generator().manual_seed(seed)
+    zimg = torch.randn(b, d, generator=g, dtype=torch.float64).requires_grad_()
+    ztxt = torch.randn(b, d, generator=g, dtype=torch.float64).requires_grad_()
+    scale = torch.tensor(2.5, dtype=torch.float64, requires_grad=True)
+    bias = torch.tensor(-1.5, dtype=torch.float64, requires_grad=True)
+    return zimg, ztxt, scale, bias
+
+
+def test_gradcheck_softmax_and_its_local_rows():
+    zimg, ztxt, scale, _ = _gradcheck_inputs(4, 3, 20)
+    assert torch.autograd.gradcheck(softmax_contrastive_loss, (zimg, ztxt, scale))
+    for offset in (0, 2):
+
+        def local(zi, zt, zi_all, zt_all, s, offset=offset):
+            return softmax_contrastive_loss_local(zi, zt, zi_all, zt_all, s, offset)
+
+        shard = slice(offset, offset + 2)
+        args = (zimg[shard].detach().clone().requires_grad_(), ztxt[shard].detach().clone())
+        assert torch.autograd.gradcheck(local, (*args, zimg, ztxt, scale))
+
+
+def test_gradcheck_sigmoid_and_its_local_rows():
+    zimg, ztxt, scale, bias = _gradcheck_inputs(4, 3, 21)
+    assert torch.autograd.gradcheck(sigmoid_contrastive_loss, (zimg, ztxt, scale, bias))
+
+    def local(zi, zt_all, s, b):
+        return sigmoid_contrastive_loss_local(zi, zt_all, s, b, 1)
+
+    assert torch.autograd.gradcheck(local, (zimg[1:3].detach().requires_grad_(), ztxt, scale, bias))
+
+
+@pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
+def test_gradcheck_the_module_with_its_learned_bias(kind):
+    """Through `ContrastiveLoss` (float64 after `.double()`), its own bias checked as an input."""
+    loss_fn = ContrastiveLoss(kind, learn_bias=kind == "sigmoid").double()
+    zimg, ztxt, scale, _ = _gradcheck_inputs(3, 4, 22)
+    names = [n for n, _ in loss_fn.named_parameters()]
+    own = [p.detach().clone().requires_grad_() for p in loss_fn.parameters()]
+    assert names == (["logit_bias"] if kind == "sigmoid" else [])
+    assert all(p.dtype == torch.float64 for p in own)
+
+    def f(zi, zt, s, *params):
+        return torch.func.functional_call(loss_fn, dict(zip(names, params)), (zi, zt, s))
+
+    assert f(zimg, ztxt, scale, *own).dtype == torch.float64
+    assert torch.autograd.gradcheck(f, (zimg, ztxt, scale, *own))

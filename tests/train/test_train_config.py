@@ -90,7 +90,15 @@ def test_set_overrides_are_typed():
         ("loop.steps=1.5", "loop.steps: expected an integer"),
         ("loop.steps=true", "loop.steps: expected an integer"),
         ("optim.lr=fast", "optim.lr: expected a number"),
-        ("loop.precision=fp16", "loop.precision: expected one of"),
+        ("loop.precision=fp8", "loop.precision: expected one of"),
+        # fp16's rule, stated in the message: where it runs, and what to use instead
+        ("loop.precision=fp16 loop.parallel=fsdp", "'fp16' is not supported with loop.parallel"),
+        ("loop.precision=fp16 loop.device=meta", "lacks on 'meta': fp16 is for CUDA GPUs"),
+        ("loop.max_logit_scale=-1", "loop.max_logit_scale must be >= 0, got -1"),
+        ("validation.every=5", "validation has no sources"),
+        ("validation.batches=0", "validation.batches must be > 0, got 0"),
+        ("validation.text_pair_fraction=2", "validation.text_pair_fraction must be in [0, 1]"),
+        ("logging.wandb.mode=cloud", "logging.wandb.mode: expected one of"),
         ("logging.progress=1", "logging.progress: expected true or false"),
         ("optim.betas=[0.9]", "optim.betas: expected 2 values"),
         ("loop.steps.deep=1", "'loop.steps' has no sub-keys"),
@@ -118,7 +126,7 @@ def test_set_overrides_are_typed():
 )
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=None) as info:
-        load_train_config("demo", [override])
+        load_train_config("demo", override.split(" "))
     assert message in str(info.value)
 
 
@@ -196,3 +204,33 @@ def test_a_non_utf8_toml_is_a_config_error_naming_file_and_line(tmp_path):
     path.write_bytes(b'[loop]\nsteps = 5\n[logging]\nrun_dir = "runs/caf\xe9"\n')
     with pytest.raises(ConfigError, match=f"{path}:4: not valid UTF-8"):
         load_train_config(path)
+
+
+def test_fp16_validation_wandb_and_the_logit_scale_clamp_from_toml(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text(
+        'preset = "demo"\n[loop]\nprecision = "fp16"\ndevice = "cpu"\nmax_logit_scale = 100\n'
+        '[logging.wandb]\nenabled = true\nproject = "p"\nmode = "offline"\n'
+        "[validation]\nevery = 50\nbatches = 2\n"
+        '[[validation.image_text]]\nkind = "synthetic"\noptions = {split = "heldout"}\n',
+        encoding="utf-8",
+    )
+    cfg = load_train_config(path)
+    assert (cfg.loop.precision, cfg.loop.max_logit_scale) == ("fp16", 100.0)
+    assert (cfg.logging.wandb.enabled, cfg.logging.wandb.mode) == (True, "offline")
+    assert (cfg.validation.every, cfg.validation.batches) == (50, 2)
+    data = cfg.validation.data_config(cfg.data)
+    assert [s.options for s in data.image_text] == [{"split": "heldout"}]
+    # no held-out text pairs: no text pairs in its batches (the demo's data mixes in 25%)
+    assert data.text_pairs == () and data.text_pair_fraction == 0.0
+    assert data.render_on == cfg.data.render_on and data.num_workers == 0
+    # saved with the run: the dict form round-trips, precision included
+    assert config_from_dict(cfg.to_dict()) == cfg
+    assert cfg.to_dict()["loop"]["precision"] == "fp16"
+
+
+def test_presets_leave_the_logit_scale_unclamped_and_wandb_off():
+    for name in PRESETS:
+        cfg = preset(name)
+        assert cfg.loop.max_logit_scale == 0.0 and not cfg.logging.wandb.enabled
+        assert cfg.validation.every == 0
