@@ -75,6 +75,10 @@ class DataConfig:
 
     text_pair_fraction: share of every batch drawn from `text_pairs` (CLIPPO: 0.25/0.5/0.75).
     render_on: "worker" renders texts in DataLoader workers; "device" renders on the accelerator.
+    resampled: sharded sources draw shards with replacement, independently on every rank and
+    worker (an endless stream; open_clip's --dataset-resampled); off: the exact, resumable order.
+    shuffle_buffer: records in the shuffle buffer of streamed (`pipe:`/URL) or resampled sources
+    (<= 1 keeps stream order).
     """
 
     image_text: tuple[SourceConfig, ...] = ()
@@ -83,6 +87,8 @@ class DataConfig:
     render_on: Literal["worker", "device"] = "worker"
     num_workers: int = 2
     prefetch_factor: int = 2
+    resampled: bool = False
+    shuffle_buffer: int = 1000
 
 
 @dataclass(frozen=True)

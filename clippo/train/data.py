@@ -116,18 +116,14 @@ class TrainData:
                 )
                 for i, s in enumerate(getattr(data, group))
             ]
-        # resampled / shuffle_buffer: DataConfig keys (clippo.train.config); the defaults stand
-        # in while a DataConfig without them is passed
-        resampled = bool(getattr(data, "resampled", False))
-        shuffle_buffer = int(getattr(data, "shuffle_buffer", MixerConfig.shuffle_buffer))
         try:
             self.mixer = BatchMixer(
                 MixerConfig(
                     batch_size,
                     data.text_pair_fraction,
                     seed,
-                    resampled=resampled,
-                    shuffle_buffer=shuffle_buffer,
+                    resampled=data.resampled,
+                    shuffle_buffer=data.shuffle_buffer,
                 ),
                 groups["image_text"],
                 groups["text_pairs"],

@@ -20,13 +20,10 @@ import pytest
 from PIL import Image
 
 import clippo
-from clippo.train.config import DataConfig
 from clippo.train.log import read_metrics
 from clippo.train.state import STATE_FILE, list_checkpoints
 
 STEPS = 16
-# data.resampled is a DataConfig key once clippo.train.config has it: then the run resamples
-RESAMPLED = "resampled" in DataConfig.__dataclass_fields__
 
 CONFIG = """
 [model]
@@ -40,7 +37,7 @@ path = "pipe:sleep 0.2 && cat {shards}/s-{{0..5}}.tar"
 
 [data]
 num_workers = 1
-{resampled}
+resampled = true
 
 [optim]
 name = "adamw"
@@ -118,9 +115,7 @@ def test_torchrun_streamed_sigkill_then_resume_auto(tmp_path):
     write_shards(shards)
     toml = tmp_path / "run.toml"
     toml.write_text(
-        CONFIG.format(
-            shards=shards, steps=STEPS, resampled="resampled = true" if RESAMPLED else ""
-        ),
+        CONFIG.format(shards=shards, steps=STEPS),
         encoding="utf-8",
     )
     ref = tmp_path / "reference"
@@ -152,7 +147,7 @@ def test_torchrun_streamed_sigkill_then_resume_auto(tmp_path):
     state = json.loads((ckpts[-1][1] / STATE_FILE).read_text())
     # both ranks' stream cursors (rank -> virtual worker -> source -> [samples, k, done])
     assert set(state["data"]["streams"]) == {"0", "1"}
-    assert state["data"]["fingerprint"]["config"].get("resampled", False) == RESAMPLED
+    assert state["data"]["fingerprint"]["config"]["resampled"] is True
     for _, path in ckpts:  # every checkpoint loads as a model
         assert clippo.load(path) is not None
     # the resumed run saw the data of the uninterrupted one: the same loss at every step
