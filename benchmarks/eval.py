@@ -28,6 +28,10 @@ Three tables, each with the baseline a user would otherwise write, measured in t
    `--max-examples` rows per split, 3 seeds, default heads) for tiny-test at 224 px (random
    weights: the time does not depend on them): cold (empty feature cache) and warm (the same
    cache directory, second run).
+4. Retrieval metrics over random L2-normalised embeddings (5,000 images x 25,000 captions, five
+   per image, D=768; `--quick`: 1,000 x 5,000): `retrieval_recalls` (scores computed in blocks of
+   queries) vs the full-matrix form (`zimg @ ztxt.T` + `retrieval_metrics`): seconds and peak
+   memory (tracemalloc: numpy's allocations), with the same recalls from both.
 Everything runs with `--threads` torch threads (default 1; scikit-learn's BLAS gets the same):
 on 2 cores that leaves `extract_features`' render thread a core, and on a shared 2-core machine
 two torch threads stall each other (a head fit measured 10x slower with 2 than with 1 there).
@@ -45,6 +49,7 @@ import platform
 import statistics
 import tempfile
 import time
+import tracemalloc
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -62,6 +67,7 @@ from clippo.eval.glue import GlueOptions, run_glue
 from clippo.eval.glue_data import read_split
 from clippo.eval.heads import LINEAR_WEIGHT_DECAYS, HeadConfig, fit_head, head_loss
 from clippo.eval.results import format_table, jsonable
+from clippo.eval.retrieval import retrieval_metrics, retrieval_recalls
 from clippo.model.one_tower import CLIPPO
 from clippo.preprocess import images_to_pixels
 from clippo.render import render_on_image, render_pair
@@ -448,6 +454,59 @@ def bench_glue(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+# --- 4. retrieval metrics ------------------------------------------------------------------------
+
+
+def peak_run(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    """(fn(), seconds, peak MiB allocated while it ran, as tracemalloc sees numpy's buffers)."""
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    out = fn()
+    seconds = time.perf_counter() - t0
+    peak = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    return out, seconds, peak
+
+
+def bench_retrieval(n_images: int, per_image: int = 5, dim: int = 768) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(0)
+
+    def unit(n: int) -> np.ndarray:
+        z = rng.standard_normal((n, dim)).astype(np.float32)
+        return z / np.linalg.norm(z, axis=1, keepdims=True)
+
+    zimg = unit(n_images)
+    ids = np.repeat(np.arange(n_images), per_image)
+    # captions a little nearer their image than chance (cosine ~0.16 where unrelated ones
+    # scatter with std 1/sqrt(768) ~ 0.036), so the recalls are neither 0 nor 1
+    ztxt = zimg[ids] + 6.0 * unit(len(ids))
+    ztxt /= np.linalg.norm(ztxt, axis=1, keepdims=True)
+    rows = []
+    results = {}
+    for name, fn in (
+        ("blocked (retrieval_recalls)", lambda: retrieval_recalls(zimg, ztxt, ids)),
+        ("full matrix (zimg @ ztxt.T + retrieval_metrics)",
+         lambda: retrieval_metrics(zimg @ ztxt.T, ids)),
+    ):  # fmt: skip
+        out, seconds, peak = peak_run(fn)
+        results[name] = out
+        rows.append(
+            {
+                "method": name,
+                "images x texts": f"{n_images:,} x {len(ids):,}",
+                "seconds": seconds,
+                "peak MiB": peak,
+                "img2txt R@1": out["img2txt/r@1"],
+                "txt2img R@1": out["txt2img/r@1"],
+            }
+        )
+        print(f"  done: retrieval {name}", flush=True)
+    a, b = results.values()
+    if a != b:
+        raise AssertionError(f"blocked and full-matrix recalls differ: {a} vs {b}")
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
@@ -468,7 +527,15 @@ def main() -> None:
         help="torch CPU threads (0: torch's default); 1 leaves extract_features' render thread "
         "a core of its own on 2 cores, and on a shared machine 2 threads stall each other",
     )
-    p.add_argument("--skip", default="", help="comma list of sections to skip: extract,heads,glue")
+    p.add_argument(
+        "--skip", default="", help="comma list of sections to skip: extract,heads,glue,retrieval"
+    )
+    p.add_argument(
+        "--retrieval-images",
+        type=int,
+        default=None,
+        help="retrieval section: images (5 captions each; default 5000, quick 1000)",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args()
     q = args.quick
@@ -478,6 +545,7 @@ def main() -> None:
     args.head_rows = args.head_rows or (1000 if q else 5000)
     args.max_steps = args.max_steps or (20 if q else 150)
     args.max_examples = args.max_examples or (50 if q else 500)
+    args.retrieval_images = args.retrieval_images or (1000 if q else 5000)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
@@ -511,6 +579,8 @@ def main() -> None:
             tables["glue"] = bench_glue(args)
         else:
             print(f"GLUE suite skipped: no GLUE folder at {args.glue_dir} (--glue-dir)")
+    if "retrieval" not in skip:
+        tables["retrieval"] = bench_retrieval(args.retrieval_images)
     info["load_average_end"] = os.getloadavg()[0]
 
     print(
@@ -524,13 +594,17 @@ def main() -> None:
         f"{args.rounds} interleaved rounds",
         "heads": "Head training on synthetic features, seconds (held-out accuracy / soft score)",
         "glue": "GLUE suite on frozen features, wall seconds",
+        "retrieval": "Retrieval recall@1/5/10 both ways from random embeddings (D=768): seconds "
+        "and peak memory",
     }
     for name, rows in tables.items():
         columns = [c for c in dict.fromkeys(k for r in rows for k in r) if c != "source"]
         print(f"\n{titles[name]}")
         if name == "extraction":
             print(f"GLUE pairs from {rows[0]['source']}")
-        print(format_table(rows, columns, floatfmt=".2f" if name != "heads" else ".3f"))
+        print(
+            format_table(rows, columns, floatfmt=".3f" if name in ("heads", "retrieval") else ".2f")
+        )
     if args.json:
         write_json_atomic(jsonable({"machine": info, "args": vars(args), **tables}), args.json)
         print(f"\nwrote {args.json}")

@@ -130,6 +130,16 @@ def canonical_class_names(names: Sequence[str], first_alias_only: bool = True) -
     return [n.split(",")[0] for n in names] if first_alias_only else names
 
 
+def template_slot(template: str) -> str:
+    """`template` with its class slot written "{}": CLIP_benchmark's "a photo of a {c}." is
+    accepted as well as "a photo of a {}."; exactly one slot, else ValueError."""
+    if "{c}" in template and "{}" not in template:
+        template = template.replace("{c}", "{}")
+    if template.count("{}") != 1:
+        raise ValueError(f"template {template!r} must contain exactly one '{{}}' (or '{{c}}')")
+    return template
+
+
 def fill(template: str, class_name: str) -> str:
     """Substitute the single "{}" of `template` (big_vision splits on "{}" and asserts 2 parts)."""
     parts = template.split("{}")

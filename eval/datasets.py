@@ -5,6 +5,10 @@
     cifar = read_cifar100("cifar-100-binary")    # test.bin + fine_label_names.txt
     pairs = load_images(pairs.subset(evenly_spaced(len(pairs), 500)), size=224)
 
+The datasets in their distributed layouts (Karpathy's COCO/Flickr30k split files,
+Crossmodal-3600, ImageNet, CIFAR-10, Pets, Hugging Face folders, translation pairs) are read by
+`clippo.eval.datasets_retrieval` and `clippo.eval.datasets_classification` into these same types.
+
 Readers only list files and parse text; images are decoded later (`load_images`, or streamed by
 the suites), so a 50k-image folder costs nothing until it is evaluated. Malformed rows are
 errors naming file and line (an evaluation set that silently loses rows is a different
@@ -21,13 +25,16 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from clippo.data.images import IMAGE_SUFFIXES, list_images, load_image
 from clippo.errors import read_utf8
+from clippo.prompts import template_slot
 
 __all__ = [
     "CaptionedImages",
@@ -38,21 +45,47 @@ __all__ = [
     "read_cifar100",
     "read_cifar100_bin",
     "read_class_names",
+    "bundled_class_names",
+    "imagenet_wnids",
     "read_templates",
     "load_images",
+    "EncodedImages",
 ]
 
-# images: the files to decode, or pixels already in memory (uint8 [N, H, W, 3])
-ImageSource = tuple[Path, ...] | np.ndarray
+
+@dataclass(frozen=True, eq=False)
+class EncodedImages:
+    """Images kept encoded in a table and read on demand (a Hugging Face dataset's undecoded
+    `Image` column): `self[i]` is the encoded bytes, or a file path, of image i.
+
+    table: `table[row] -> bytes | str` (the reader's accessor); rows: int64 [N], the rows kept."""
+
+    table: Any
+    rows: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> bytes | str:
+        item: bytes | str = self.table[int(self.rows[i])]
+        return item
+
+    def take(self, keep: np.ndarray) -> EncodedImages:
+        return EncodedImages(self.table, self.rows[keep])
+
+
+# images: the files to decode, pixels already in memory (uint8 [N, H, W, 3]), or encoded images
+ImageSource = tuple[Path, ...] | np.ndarray | EncodedImages
 
 
 @dataclass(frozen=True, eq=False)
 class CaptionedImages:
     """Retrieval data: image i is described by every text j with image_ids_for_text[j] == i.
 
-    images: N files or uint8 [N, H, W, 3]; names: N labels for messages (the path as written
-    in the pairs file); texts: M captions; image_ids_for_text: int64 [M];
-    skipped: (name, reason) of images dropped as undecodable.
+    images: N files, uint8 [N, H, W, 3] or EncodedImages; names: N labels for messages (the
+    path as written in the pairs file); texts: M captions; image_ids_for_text: int64 [M];
+    skipped: (name, reason) of images dropped as undecodable; text_languages: M language codes
+    (Crossmodal-3600: one retrieval per language over the same images) or () for one language.
     """
 
     images: ImageSource
@@ -61,9 +94,26 @@ class CaptionedImages:
     image_ids_for_text: np.ndarray
     source: str
     skipped: tuple[tuple[str, str], ...] = ()
+    text_languages: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def languages(self) -> list[str]:
+        """The language codes of the texts, in order of first appearance ([] for one language)."""
+        return list(dict.fromkeys(self.text_languages))
+
+    def language(self, lang: str) -> CaptionedImages:
+        """Only the texts in `lang` (same images, same ids): one language's retrieval set."""
+        keep = [j for j, x in enumerate(self.text_languages) if x == lang]
+        if not keep:
+            raise ValueError(f"{self.source}: no captions in language {lang!r}")
+        return replace(
+            self,
+            texts=tuple(self.texts[j] for j in keep),
+            image_ids_for_text=self.image_ids_for_text[keep],
+            text_languages=(),
+        )
 
     def subset(self, keep: Sequence[int] | np.ndarray) -> CaptionedImages:
         """Only images `keep` (in that order) and their captions; image ids renumbered."""
@@ -72,19 +122,21 @@ class CaptionedImages:
         new_id[keep] = np.arange(len(keep))
         mapped = new_id[self.image_ids_for_text]
         texts = tuple(t for t, i in zip(self.texts, mapped) if i >= 0)
+        langs = tuple(t for t, i in zip(self.text_languages, mapped) if i >= 0)
         return replace(
             self,
             images=_take(self.images, keep),
             names=tuple(self.names[i] for i in keep),
             texts=texts,
             image_ids_for_text=mapped[mapped >= 0],
+            text_languages=langs,
         )
 
 
 @dataclass(frozen=True, eq=False)
 class LabelledImages:
-    """Classification data: images (N files or uint8 [N, H, W, 3]), labels int64 [N] indexing
-    class_names, names (N labels for messages), skipped (name, reason) of dropped images."""
+    """Classification data: images (N files, uint8 [N, H, W, 3] or EncodedImages), labels int64
+    [N] indexing class_names, names (N labels for messages), skipped (name, reason) of dropped images."""
 
     images: ImageSource
     names: tuple[str, ...]
@@ -109,6 +161,8 @@ class LabelledImages:
 def _take(images: ImageSource, keep: np.ndarray) -> ImageSource:
     if isinstance(images, np.ndarray):
         return images[keep]
+    if isinstance(images, EncodedImages):
+        return images.take(keep)
     return tuple(images[i] for i in keep)
 
 
@@ -225,6 +279,29 @@ def read_pairs(
 
 # ---- classification ------------------------------------------------------------------------------
 
+# CLIP's cleaned ImageNet-1k names (with the sorted WordNet IDs), CIFAR-10, CIFAR-100 and Pets
+# names, bundled as package data (eval/data/LICENSE-class_names.txt says where each list is from)
+CLASS_NAMES_FILE = Path(__file__).parent / "data" / "class_names.json"
+
+
+@lru_cache(maxsize=1)
+def _bundled() -> dict[str, list[str]]:
+    data: dict[str, list[str]] = json.loads(CLASS_NAMES_FILE.read_text(encoding="utf-8"))
+    return data
+
+
+def bundled_class_names(dataset: str) -> list[str]:
+    """The bundled class names of "imagenet1k" (CLIP's cleaned names, in sorted-WordNet-ID
+    order), "cifar10", "cifar100" (fine labels) or "pets", in label order."""
+    if dataset not in ("imagenet1k", "cifar10", "cifar100", "pets"):
+        raise ValueError(f"no bundled class names for {dataset!r}")
+    return list(_bundled()[dataset])
+
+
+def imagenet_wnids() -> list[str]:
+    """The 1,000 ImageNet-1k WordNet IDs, sorted (label order)."""
+    return list(_bundled()["imagenet1k_wnids"])
+
 
 def read_class_names(path: str | os.PathLike, expected: int | None = None) -> list[str]:
     """One class name per non-empty line (UTF-8); `expected`: the number there must be."""
@@ -300,18 +377,22 @@ def read_cifar100(
     `cifar-100-binary/` folder the archive unpacks to, inside `directory`); fine labels.
 
     The names file has the 100 fine class names, one per line, in label order (TFDS's names:
-    underscores kept, e.g. `aquarium_fish`)."""
+    underscores kept, e.g. `aquarium_fish`); without it the bundled list (the same names) is
+    used."""
     directory = Path(directory)
     if not (directory / f"{split}.bin").is_file() and (directory / "cifar-100-binary").is_dir():
         directory = directory / "cifar-100-binary"
     data = directory / f"{split}.bin"
     if not data.is_file():
-        raise FileNotFoundError(f"CIFAR-100: no {data}")
+        raise FileNotFoundError(
+            f"CIFAR-100: no {data} (the binary version's layout: cifar-100-binary/{split}.bin)"
+        )
     if class_names is None:
         names_file = directory / "fine_label_names.txt"
-        if not names_file.is_file():
-            raise FileNotFoundError(f"CIFAR-100: no {names_file} (one class name per line)")
-        class_names = read_class_names(names_file)
+        if names_file.is_file():
+            class_names = read_class_names(names_file)
+        else:
+            class_names = bundled_class_names("cifar100")
     images, _, fine = read_cifar100_bin(data)
     if len(fine) and fine.max() >= len(class_names):
         raise ValueError(f"{data}: label {int(fine.max())} but only {len(class_names)} class names")
@@ -325,21 +406,30 @@ def read_cifar100(
 
 
 def read_templates(path: str | os.PathLike) -> list[str]:
-    """Prompt templates, one per non-empty line, each with exactly one "{}" for the class."""
+    """Prompt templates, one per non-empty line, each with exactly one "{}" (or CLIP_benchmark's
+    "{c}", read as "{}") for the class."""
     path = Path(path)
     out = []
     for lineno, line in enumerate(read_utf8(path).splitlines(), 1):
         if not line.strip():
             continue
-        if line.count("{}") != 1:
-            raise ValueError(f"{path}:{lineno}: template {line!r} must contain one '{{}}'")
-        out.append(line.strip())
+        try:
+            out.append(template_slot(line.strip()))
+        except ValueError as e:
+            raise ValueError(f"{path}:{lineno}: {e}") from None
     if not out:
         raise ValueError(f"{path}: no templates")
     return out
 
 
 # ---- decoding ------------------------------------------------------------------------------------
+
+
+def decode_resized(item: bytes | str | os.PathLike, size: int) -> np.ndarray | str:
+    """`load_image` of a file path or of encoded bytes: uint8 [size, size, 3], or the reason the
+    image is unusable."""
+    # decode_image (under load_image) reads bytes as well as paths
+    return load_image(cast(Any, item), size)
 
 
 def load_images(
@@ -358,10 +448,11 @@ def load_images(
             return data
         pixels = np.stack([resize_uint8(im, size) for im in data.images])
         return replace(data, images=pixels)
+    images = data.images
     with ThreadPoolExecutor(max(1, num_workers)) as pool:
         loaded = list(
             tqdm(
-                pool.map(lambda p: load_image(p, size), data.images),
+                pool.map(lambda i: decode_resized(images[i], size), range(len(images))),
                 total=len(data),
                 desc="decode images",
                 unit="img",

@@ -1,4 +1,5 @@
-"""Frozen-encoder features for the GLUE and VQA suites: pooled representations, cached on disk.
+"""Frozen-encoder features for the GLUE and VQA suites: pooled representations, cached on disk;
+and the on-disk array cache they share with zero-shot class embeddings (`clippo.eval.zeroshot`).
 
 `extract_features(model, items, to_images, ...)` turns any sequence of items (sentences, pairs,
 (photo, question) rows) into float32 [N, width] with `model.pooled`, the MAP head's output
@@ -11,7 +12,8 @@ sidecar that spells out the key and a sha256 of the array. The key covers the mo
 (`model_fingerprint`: its config and every tensor), the renderer settings, the data (a
 fingerprint of the items in order, or a caller-given `data_key`), bf16, and the caller's extra
 key parts (pair mode, band height...). A file that cannot be read or whose sidecar or checksum
-does not match is recomputed with a warning, never trusted.
+does not match is recomputed with a warning, never trusted. Other cached arrays use the same
+pieces: `json_key`, `model_key`, `cache_path`, `load_cached`, `save_cached`.
 """
 
 from __future__ import annotations
@@ -125,31 +127,52 @@ def combine_pair(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.concatenate([u, v, np.abs(u - v), u * v], axis=1).astype(np.float32, copy=False)
 
 
+def json_key(key: Mapping[str, Any]) -> dict[str, Any]:
+    """`key` as its JSON round trip (what a sidecar holds, so keys compare in that form); a part
+    that is not a JSON value is a ValueError naming it."""
+    try:
+        return json.loads(json.dumps(dict(key), sort_keys=True))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"cache key parts must be JSON values: {dict(key)!r} ({e})") from e
+
+
+def model_key(model: CLIPPO) -> dict[str, Any]:
+    """The model's part of a cache key: its weights' fingerprint and its renderer settings."""
+    return {"model": model_fingerprint(model), "renderer": model.renderer.config.to_dict()}
+
+
+def cache_path(cache_dir: str | os.PathLike, key: Mapping[str, Any], stem: str) -> Path:
+    """`<cache_dir>/<stem>-<digest>.npy` for a JSON-normalised key (`json_key`)."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    return Path(cache_dir) / f"{stem}-{digest[:32]}.npy"
+
+
 def _cache_key(
     model: CLIPPO, items: Sequence[Any], data_key: str | None, extra: Mapping[str, Any], bf16: bool
 ) -> dict[str, Any]:
-    key = {
-        "version": CACHE_VERSION,
-        "model": model_fingerprint(model),
-        "renderer": model.renderer.config.to_dict(),
-        "data": data_key if data_key is not None else data_fingerprint(items),
-        "data_key_given": data_key is not None,
-        "rows": len(items),
-        "extra": dict(extra),
-        "bf16": bf16,
-    }
-    try:  # the JSON round trip is what the sidecar holds, so compare in that form
-        return json.loads(json.dumps(key, sort_keys=True))
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"feature cache key parts must be JSON values: {extra!r} ({e})") from e
+    return json_key(
+        {
+            "version": CACHE_VERSION,
+            **model_key(model),
+            "data": data_key if data_key is not None else data_fingerprint(items),
+            "data_key_given": data_key is not None,
+            "rows": len(items),
+            "extra": dict(extra),
+            "bf16": bf16,
+        }
+    )
 
 
 def _sha256(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).data).hexdigest()
 
 
-def _load_cached(path: Path, key: dict[str, Any], shape: tuple[int, int]) -> np.ndarray | None:
-    """The cached array, or None (with a warning when a file is there but cannot be trusted)."""
+def load_cached(
+    path: Path, key: dict[str, Any], shape: tuple[int, ...], what: str = "cache"
+) -> np.ndarray | None:
+    """The float32 array of `shape` cached at `path` under `key` (`json_key` form), or None: no
+    file, or one that cannot be trusted (unreadable, another key in its sidecar, another shape,
+    a checksum mismatch), with a warning that names `what` and the file."""
     if not path.exists():
         return None
     sidecar = path.with_suffix(".json")
@@ -165,8 +188,17 @@ def _load_cached(path: Path, key: dict[str, Any], shape: tuple[int, int]) -> np.
             raise ValueError("checksum does not match the sidecar")
         return arr
     except (OSError, ValueError, EOFError, UnicodeDecodeError) as e:
-        warnings.warn(f"{path}: feature cache not usable ({e}); recomputing", stacklevel=3)
+        warnings.warn(f"{path}: {what} not usable ({e}); recomputing", stacklevel=3)
         return None
+
+
+def save_cached(path: Path, key: dict[str, Any], arr: np.ndarray, desc: str) -> None:
+    """Write `arr` (float32) to `path` and its JSON sidecar (the key, `desc`, the shape and a
+    sha256 of the array), each atomically: a reader sees the old files or the new ones."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, arr)
+    meta = {"key": key, "desc": desc, "shape": list(arr.shape), "sha256": _sha256(arr)}
+    write_json_atomic(meta, path.with_suffix(".json"))
 
 
 @torch.no_grad()
@@ -241,9 +273,8 @@ def extract_features(
     path, cache_key = None, None
     if cache_dir is not None:
         cache_key = _cache_key(model, items, data_key, key or {}, bf16)
-        digest = hashlib.sha256(json.dumps(cache_key, sort_keys=True).encode()).hexdigest()
-        path = Path(cache_dir) / f"features-{digest[:32]}.npy"
-        cached = _load_cached(path, cache_key, (len(items), width))
+        path = cache_path(cache_dir, cache_key, "features")
+        cached = load_cached(path, cache_key, (len(items), width), "feature cache")
         if cached is not None:
             return cached
     dev = next(model.parameters()).device if device is None else torch.device(device)
@@ -254,21 +285,18 @@ def extract_features(
     finally:
         model.train(was_training)
     if path is not None and cache_key is not None:
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.save(f, feats)
-        meta = {
-            "key": cache_key,
-            "desc": desc,
-            "shape": list(feats.shape),
-            "sha256": _sha256(feats),
-        }
-        write_json_atomic(meta, path.with_suffix(".json"))
+        save_cached(path, cache_key, feats, desc)
     return feats
 
 
 __all__ = [
+    "cache_path",
     "combine_pair",
     "data_fingerprint",
     "extract_features",
+    "json_key",
+    "load_cached",
     "model_fingerprint",
+    "model_key",
+    "save_cached",
 ]

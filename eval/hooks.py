@@ -6,8 +6,9 @@
 A hook reads its data when it is built, so a missing file or a malformed row stops the run
 before training starts rather than at the first evaluation. Images are decoded once, on the
 first call (at the model's image size), and kept in memory for later calls: use
-`max_examples` to bound that. Metric names are `eval/<spec name>/<metric>`, e.g.
-`eval/retrieval/img2txt/r@1`; only scalar metrics are returned (per-class tables and the list
+`max_examples` to bound that. A "translations" spec has no images: its sentence pairs are read
+when the hook is built and passed to the suite as they are. Metric names are
+`eval/<spec name>/<metric>`, e.g. `eval/retrieval/img2txt/r@1`; only scalar metrics are returned (per-class tables and the list
 of skipped files belong in `clippo eval`'s results.json, not in every log line).
 """
 
@@ -19,8 +20,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from clippo.eval.datasets import CaptionedImages, LabelledImages, load_images
+from clippo.eval.datasets_retrieval import TranslationPairs
 from clippo.eval.spec import EvalSpec
-from clippo.eval.suites import SUITES, read_spec_data, resolve_prompts
+from clippo.eval.suites import SUITES, read_spec_data, read_translation_spec, resolve_prompts
 
 __all__ = ["EvalHook", "make_hooks"]
 
@@ -33,6 +35,10 @@ class EvalHook:
         self.prefix = f"eval/{spec.metric_name}/"
         self.num_workers, self.progress = num_workers, progress
         self.suite = SUITES[spec.kind]
+        self._pairs: TranslationPairs | None = None
+        if spec.kind == "retrieval" and spec.format == "translations":
+            self._pairs = read_translation_spec(spec)  # text only: nothing to decode
+            return
         self._listed = read_spec_data(spec)
         if isinstance(self._listed, LabelledImages):
             resolve_prompts(spec, self._listed.class_names)  # a bad template file fails now
@@ -49,7 +55,11 @@ class EvalHook:
 
     def __call__(self, model: Any, step: int) -> dict[str, float]:
         t0 = time.perf_counter()
-        data = self._data(model.config.vit.image_size)
+        data: TranslationPairs | CaptionedImages | LabelledImages
+        if self._pairs is not None:
+            data = self._pairs
+        else:
+            data = self._data(model.config.vit.image_size)
         metrics = self.suite(
             model, self.spec, data=data, num_workers=self.num_workers, progress=self.progress
         )

@@ -75,6 +75,76 @@ def ranks_of_relevant(sim: np.ndarray, relevant: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def _as_embeddings(x: np.ndarray, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [N, D], got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float64)
+    if np.isnan(x).any():
+        raise ValueError(f"{name} contains NaN")
+    return x
+
+
+def ranks_by_group(
+    queries: np.ndarray,
+    docs: np.ndarray,
+    query_groups: np.ndarray,
+    doc_groups: np.ndarray,
+    *,
+    max_elements: int = 1 << 22,
+) -> np.ndarray:
+    """`ranks_of_relevant(queries @ docs.T, relevant)` without the full score matrix.
+
+    queries [Nq, D], docs [Nd, D] (embeddings; the score is their dot product); doc j is relevant
+    to query i when doc_groups[j] == query_groups[i] (int [Nq], int [Nd]; every query needs one).
+    Scores are computed for blocks of queries, at most `max_elements` scores at a time, so memory
+    is O(max_elements) whatever Nq x Nd; ties count against the query, as in `ranks_of_relevant`.
+    Returns int64 [Nq]: the number of irrelevant docs scoring >= the best relevant one.
+    """
+    q = _as_embeddings(queries, "queries")
+    d = _as_embeddings(docs, "docs")
+    if q.shape[1] != d.shape[1]:
+        raise ValueError(f"queries are {q.shape[1]}-d but docs {d.shape[1]}-d")
+    qg = _as_labels(query_groups, "query_groups", len(q))
+    dg = _as_labels(doc_groups, "doc_groups", len(d))
+    orphan = ~np.isin(qg, dg)
+    if orphan.any():
+        bad = int(np.nonzero(orphan)[0][0])
+        raise ValueError(f"query {bad} has no relevant item (group {qg[bad]!r})")
+    rows = max(1, max_elements // max(1, len(d)))
+    ranks = np.empty(len(q), dtype=np.int64)
+    for lo in range(0, len(q), rows):
+        block = q[lo : lo + rows] @ d.T  # [rows, Nd]: the only score block alive
+        mask = qg[lo : lo + rows, None] == dg[None, :]
+        best = np.where(mask, block, -np.inf).max(axis=1)
+        ranks[lo : lo + len(block)] = ((block >= best[:, None]) & ~mask).sum(axis=1)
+    return ranks
+
+
+def recall_from_ranks(ranks: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[int, float]:
+    """{k: fraction of ranks < k}: recall@k from `ranks_of_relevant`/`ranks_by_group` output."""
+    ranks = _as_labels(ranks, "ranks")
+    if len(ranks) == 0:
+        raise ValueError("recall needs at least one query")
+    for k in ks:
+        if int(k) < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+    return {int(k): float(np.mean(ranks < k)) for k in ks}
+
+
+def modality_gap(image_embeddings: np.ndarray, text_embeddings: np.ndarray) -> float:
+    """The CLIPPO paper's modality gap (Liang et al. 2022): the Euclidean distance between the
+    centroids of the L2-normalised image embeddings [N, D] and text embeddings [M, D]."""
+    zi = _as_embeddings(image_embeddings, "image_embeddings").astype(np.float64)
+    zt = _as_embeddings(text_embeddings, "text_embeddings").astype(np.float64)
+    if zi.shape[1] != zt.shape[1] or not len(zi) or not len(zt):
+        raise ValueError(f"need non-empty [N, D] and [M, D] embeddings, got {zi.shape}, {zt.shape}")
+    zi = zi / np.maximum(np.linalg.norm(zi, axis=1, keepdims=True), 1e-12)
+    zt = zt / np.maximum(np.linalg.norm(zt, axis=1, keepdims=True), 1e-12)
+    return float(np.linalg.norm(zi.mean(axis=0) - zt.mean(axis=0)))
+
+
 def recall_at_k(
     sim: np.ndarray, relevant: np.ndarray, ks: Sequence[int] = (1, 5, 10)
 ) -> dict[int, float]:
@@ -83,13 +153,7 @@ def recall_at_k(
     sim [Nq, Nd]; relevant: int [Nq] or bool [Nq, Nd] (see `ranks_of_relevant`). Ties are
     broken against the query.
     """
-    ranks = ranks_of_relevant(sim, relevant)
-    if len(ranks) == 0:
-        raise ValueError("recall_at_k needs at least one query")
-    for k in ks:
-        if int(k) < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-    return {int(k): float(np.mean(ranks < k)) for k in ks}
+    return recall_from_ranks(ranks_of_relevant(sim, relevant), ks)
 
 
 def image_to_text_recall(

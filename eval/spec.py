@@ -8,9 +8,37 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from clippo.prompts import template_slot
 from clippo.typed_config import ConfigError, from_dict
 
-__all__ = ["EvalSpec", "specs_from_tables"]
+__all__ = ["EvalSpec", "Format", "specs_from_tables", "RETRIEVAL_FORMATS", "ZEROSHOT_FORMATS"]
+
+Format = Literal[
+    "auto",
+    "pairs",
+    "karpathy",
+    "xm3600",
+    "hf",
+    "translations",
+    "imagefolder",
+    "imagenet_folder",
+    "imagenet_val",
+    "cifar10",
+    "cifar100",
+    "pets",
+]
+
+RETRIEVAL_FORMATS = ("auto", "pairs", "karpathy", "xm3600", "hf", "translations")
+ZEROSHOT_FORMATS = (
+    "auto",
+    "imagefolder",
+    "imagenet_folder",
+    "imagenet_val",
+    "cifar10",
+    "cifar100",
+    "pets",
+    "hf",
+)
 
 _EVAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -21,10 +49,17 @@ class EvalSpec:
     end; TOML `[[eval]]` tables) and by `clippo eval`. Metrics are logged as `eval/<name>/...`.
 
     kind: "retrieval" (path: a .csv/.tsv/.jsonl of image path + caption, several captions per
-      image allowed) or "zeroshot" (path: an ImageFolder tree or a CIFAR-100 binary folder).
+      image allowed; or a layout below) or "zeroshot" (path: an ImageFolder tree, a CIFAR-100
+      binary folder, or a layout below).
     name: the metric prefix; default the kind (names must differ between specs).
     format: how to read `path`; "auto": pairs for retrieval; for zeroshot "cifar100" when the
-      folder holds `<split>.bin` (or `cifar-100-binary/`), else "imagefolder".
+      folder holds `<split>.bin` (or `cifar-100-binary/`), else "imagefolder". Retrieval also
+      reads "karpathy" (dataset_coco.json / dataset_flickr30k.json, images under `images`),
+      "xm3600" (captions.jsonl, `images`/<key>.jpg, `languages`), "hf" (a datasets folder or
+      parquet) and "translations" (src<TAB>tgt lines, or `path` + `targets` aligned files);
+      zero-shot also "imagenet_val" (flat validation folder, `labels`, `devkit`),
+      "imagenet_folder" (synset folders), "cifar10", "pets", "hf"
+      (`clippo.eval.datasets_classification.classification_source`).
     max_examples: evaluate on this many images, evenly spaced over the set (0: all).
     templates: zero-shot prompts: "clip_paper" (big_vision's default), "clip_best" (the CLIPPO
       colab's 8), a file with one template per line, or a list; each holds one "{}".
@@ -32,14 +67,19 @@ class EvalSpec:
       templates and class names; default: on for "clip_paper" only, as big_vision runs it.
     class_names: a file of class names, one per line, in label order (default: the folder
       names, or CIFAR's fine_label_names.txt).
-    split: the CIFAR-100 file (`test` -> test.bin). image_column/caption_column: pairs columns.
+    split: the CIFAR file (`test` -> test.bin), the Karpathy split, the Pets list, the Hugging
+      Face split. image_column/caption_column/label_column: pairs and Hugging Face columns.
+    images: the image folder of "karpathy" and "xm3600". languages: "xm3600" languages, "all"
+      or comma-separated codes. targets, src_lang, tgt_lang: "translations".
+    labels, devkit: "imagenet_val" (LOC_val_solution.csv or the devkit's ground truth; the
+      devkit folder with data/meta.mat).
     batch_size: images or texts per forward pass.
     """
 
     kind: Literal["retrieval", "zeroshot"]
     path: str
     name: str = ""
-    format: Literal["auto", "pairs", "imagefolder", "cifar100"] = "auto"
+    format: Format = "auto"
     max_examples: int = 0
     templates: str | tuple[str, ...] = "clip_paper"
     canonicalize: bool | None = None
@@ -47,6 +87,14 @@ class EvalSpec:
     split: str = "test"
     image_column: str = "image"
     caption_column: str = "caption"
+    label_column: str = "label"
+    images: str = ""
+    languages: str = "all"
+    targets: str = ""
+    src_lang: str = "src"
+    tgt_lang: str = "tgt"
+    labels: str = ""
+    devkit: str = ""
     batch_size: int = 64
 
     def __post_init__(self) -> None:
@@ -57,9 +105,7 @@ class EvalSpec:
             raise ValueError("path must be set (the evaluation data)")
         if self.name and not _EVAL_NAME.match(self.name):
             raise ValueError(f"name {self.name!r} must match {_EVAL_NAME.pattern}")
-        allowed = (
-            ("auto", "pairs") if self.kind == "retrieval" else ("auto", "imagefolder", "cifar100")
-        )
+        allowed = RETRIEVAL_FORMATS if self.kind == "retrieval" else ZEROSHOT_FORMATS
         if self.format not in allowed:
             raise ValueError(f"format {self.format!r} does not fit kind {self.kind!r} ({allowed})")
         # built directly (not through from_dict) a bool or float would slip past "< 0"
@@ -73,12 +119,16 @@ class EvalSpec:
             raise ValueError(f"batch_size must be > 0, got {self.batch_size}")
         if isinstance(self.templates, list):
             object.__setattr__(self, "templates", tuple(self.templates))
+        if self.format in ("karpathy", "xm3600") and not self.images:
+            raise ValueError(f"format {self.format!r} needs images (the image folder)")
         if isinstance(self.templates, tuple):
             if not self.templates:
                 raise ValueError("templates: an empty list")
             for t in self.templates:
-                if not isinstance(t, str) or t.count("{}") != 1:
+                if not isinstance(t, str):
                     raise ValueError(f"template {t!r} must be a string with one '{{}}'")
+            # CLIP_benchmark's "{c}" slot is read as "{}"; a bad template raises here
+            object.__setattr__(self, "templates", tuple(template_slot(t) for t in self.templates))
         elif not self.templates:
             raise ValueError("templates must be 'clip_paper', 'clip_best', a file or a list")
 

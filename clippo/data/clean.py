@@ -58,11 +58,12 @@ from clippo.data.image_text import (
     CSVImageText,
     ParquetImageText,
     TarShards,
-    _image_value,
-    _parquet_file,
+    caption_text,
+    image_value,
+    open_parquet,
 )
 from clippo.data.images import ImageDecodeError, decode_image, list_images
-from clippo.data.sources import SkipSample, text_or_skip
+from clippo.data.sources import SkipSample
 from clippo.data.streams import split_member
 from clippo.errors import DataError
 
@@ -171,12 +172,6 @@ def _image_bytes(value: bytes | str, where: str) -> bytes:
         raise SkipSample("image_unreadable", f"{where}: {type(e).__name__}: {e}") from None
 
 
-def _caption(text: Any, where: str) -> str:
-    if text is None:
-        raise SkipSample("missing_caption", f"{where}: no caption")
-    return text_or_skip(text, where, what="caption", bad="bad_caption", empty="empty_caption")
-
-
 def _tar_records(shard: str) -> Iterator[Record]:
     source = TarShards(shard, shuffle=False)
     reader = source.read_unit(0)
@@ -187,13 +182,7 @@ def _tar_records(shard: str) -> Iterator[Record]:
             key, data, _ = reader[i]
             where = f"{shard}:{key}"
             try:
-                ext = next((e for e in source.image_exts if e in data), None)
-                if ext is None:
-                    raise SkipSample("no_image", f"{where}: no image member")
-                caption = source._caption_of(data, where)
-                raw = data[ext]
-                if isinstance(raw, Exception):
-                    raise SkipSample("image_unreadable", f"{where}.{ext}: {raw}")
+                raw, caption, _ = source.image_and_caption(data, where)
                 yield Record(i, key, raw, caption)
             except SkipSample as e:
                 yield Record(i, key, None, None, f"{e.kind}: {e.message}")
@@ -212,8 +201,8 @@ def _parquet_records(shard: str, config: CleanConfig) -> Iterator[Record]:
             image, text, key, root = part[i]
             where = f"{shard}:{key}"
             try:
-                caption = _caption(text, where)
-                data = _image_bytes(_image_value(image, root, where), where)
+                caption = caption_text(text, where)
+                data = _image_bytes(image_value(image, root, where), where)
                 yield Record(row, key, data, caption)
             except SkipSample as e:
                 yield Record(row, key, None, None, f"{e.kind}: {e.message}")
@@ -232,18 +221,11 @@ def _csv_source(shard: str, config: CleanConfig) -> CSVImageText:
 
 def _csv_records(shard: str, config: CleanConfig) -> Iterator[Record]:
     source = _csv_source(shard, config)
-    for i, fields in enumerate(source._rows):
-        line = i + source._first_line
-        where = f"{shard}:{line}"
+    for i in range(len(source)):
+        line = source.line_number(i)
         try:
-            if len(fields) <= max(source._cols):
-                raise SkipSample("bad_row", f"{where}: {len(fields)} fields")
-            image = fields[source._cols[0]].strip()
-            if not image:
-                raise SkipSample("no_image", f"{where}: empty image path")
-            caption = _caption(fields[source._cols[1]], where)
-            full = image if os.path.isabs(image) else os.path.join(source.image_root, image)
-            yield Record(i, str(line), _image_bytes(full, f"{where} ({image})"), caption)
+            r = source.row(i)
+            yield Record(i, str(line), _image_bytes(r.path, f"{r.where} ({r.image})"), r.caption)
         except SkipSample as e:
             yield Record(i, str(line), None, None, f"{e.kind}: {e.message}")
 
@@ -657,15 +639,14 @@ def _write_csv(shard: str, config: CleanConfig, keep_rows: set[int], dst: Path) 
     delimiter = "\t" if shard.lower().endswith(".tsv") else ","
     with open(shard, newline="", encoding="utf-8", errors="replace") as f:
         header = next(csv.reader(f, delimiter=delimiter), [])
-    rows: list[list[str]] = source._rows
     image_col = header.index(config.image_column) if config.image_column in header else None
     root = os.path.dirname(os.path.abspath(shard))
     with atomic_path(dst) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, delimiter=delimiter)
         writer.writerow(header)
-        for i, fields in enumerate(rows):
+        for i in range(len(source)):
             if i in keep_rows:
-                fields = list(fields)
+                fields = list(source.fields(i))
                 if image_col is not None:
                     fields[image_col] = _relocate(fields[image_col].strip(), root, dst.parent)
                 writer.writerow(fields)
@@ -675,7 +656,7 @@ def _write_parquet(shard: str, config: CleanConfig, keep_rows: set[int], dst: Pa
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    src = _parquet_file(shard)
+    src = open_parquet(shard)
     root = os.path.dirname(os.path.abspath(shard))
     first = 0
     with atomic_path(dst) as tmp:

@@ -27,7 +27,7 @@ import re
 import tarfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -42,8 +42,6 @@ from clippo.data.sources import (
 from clippo.data.streams import StreamedTar, check_stream_spec, is_stream_spec, split_member
 from clippo.errors import DataError
 
-_split_member = split_member  # the name clippo.data.clean imports
-
 __all__ = [
     "ImagePrep",
     "expand_paths",
@@ -51,6 +49,10 @@ __all__ = [
     "ParquetImageText",
     "HFImageText",
     "CSVImageText",
+    "CSVRow",
+    "caption_text",
+    "image_value",
+    "open_parquet",
 ]
 
 Resize = Callable[[Any, int], np.ndarray]
@@ -91,7 +93,9 @@ class ImagePrep:
         return out
 
 
-def _caption(text: Any, where: str) -> str:
+def caption_text(text: Any, where: str) -> str:
+    """A caption cell or member -> its text; SkipSample naming `where` for a missing (None),
+    undecodable or empty caption."""
     if text is None:
         raise SkipSample("missing_caption", f"{where}: no caption")
     return text_or_skip(text, where, what="caption", bad="bad_caption", empty="empty_caption")
@@ -290,7 +294,10 @@ class TarShards(ShardedSource):
     def iter_unit(self, unit: int) -> StreamedTar:
         return StreamedTar(self.paths[unit], self._keep)
 
-    def _caption_of(self, data: dict[str, Any], where: str) -> str:
+    def caption_of(self, data: dict[str, Any], where: str) -> str:
+        """The caption of one record's members (`data`: extension -> bytes, or the Exception
+        that reading it raised): the first of `caption_exts` present, a .json member read
+        through `caption_fields`. SkipSample (naming `where`) when there is none usable."""
         for ext in self.caption_exts:
             if ext not in data:
                 continue
@@ -306,29 +313,38 @@ class TarShards(ShardedSource):
                     raise SkipSample("bad_caption", f"{where}.json: not a JSON object")
                 for field in self.caption_fields:
                     if obj.get(field) is not None:
-                        return _caption(obj[field], f"{where}.json")
+                        return caption_text(obj[field], f"{where}.json")
                 continue
-            return _caption(raw, f"{where}.{ext}")
+            return caption_text(raw, f"{where}.{ext}")
         raise SkipSample("missing_caption", f"{where}: no caption ({'/'.join(self.caption_exts)})")
+
+    def image_and_caption(self, data: dict[str, Any], where: str) -> tuple[bytes, str, str]:
+        """(encoded image bytes, caption, image extension) of one record's members, not decoded:
+        the first of `image_exts` present. SkipSample (naming `where`) for a record without an
+        image member, with an unreadable one, or without a usable caption."""
+        ext = next((e for e in self.image_exts if e in data), None)
+        if ext is None:
+            raise SkipSample("no_image", f"{where}: no image member ({'/'.join(self.image_exts)})")
+        caption = self.caption_of(data, where)
+        raw = data[ext]
+        if isinstance(raw, Exception):
+            raise SkipSample("image_unreadable", f"{where}.{ext}: {raw}")
+        return raw, caption, ext
 
     def decode(self, record: tuple[str, dict[str, Any], str], item_seed: int) -> ImageTextPair:
         key, data, path = record
         where = f"{path}:{key}"
-        ext = next((e for e in self.image_exts if e in data), None)
-        if ext is None:
-            raise SkipSample("no_image", f"{where}: no image member ({'/'.join(self.image_exts)})")
-        caption = self._caption_of(data, where)
-        raw = data[ext]
-        if isinstance(raw, Exception):
-            raise SkipSample("image_unreadable", f"{where}.{ext}: {raw}")
+        raw, caption, ext = self.image_and_caption(data, where)
         return ImageTextPair(self.prep(raw, f"{where}.{ext}"), caption, key)
 
 
 # ---- parquet -----------------------------------------------------------------------------------
 
 
-def _image_value(value: Any, root: str, where: str) -> bytes | str:
-    """An image cell: bytes, {"bytes": ..., "path": ...} (datasets' Image) or a path."""
+def image_value(value: Any, root: str, where: str) -> bytes | str:
+    """An image cell -> encoded bytes or a file path: bytes, {"bytes": ..., "path": ...}
+    (datasets' Image) or a path (relative ones joined to `root`). SkipSample naming `where` for
+    a cell with no image."""
     if isinstance(value, dict):
         if value.get("bytes") is not None:
             return value["bytes"]
@@ -340,7 +356,7 @@ def _image_value(value: Any, root: str, where: str) -> bytes | str:
     raise SkipSample("no_image", f"{where}: no image in cell ({type(value).__name__})")
 
 
-def _parquet_file(path: str) -> Any:
+def open_parquet(path: str) -> Any:
     """pyarrow's ParquetFile; an empty or damaged file is a DataError naming it (pyarrow's own
     "Parquet file size is 0 bytes" names no file)."""
     import pyarrow as pa
@@ -394,7 +410,7 @@ class ParquetImageText(ShardedSource):
         self.name = name
         self._units: list[tuple[int, int, int, int]] = []  # (file, row group, rows, first row)
         for f, path in enumerate(self.paths):
-            meta = _parquet_file(path).metadata
+            meta = open_parquet(path).metadata
             names = meta.schema.to_arrow_schema().names
             _require_columns(path, names, image_column, text_column)
             first = 0
@@ -415,7 +431,7 @@ class ParquetImageText(ShardedSource):
         f, g, _, first = self._units[unit]
         path = self.paths[f]
         try:
-            table = _parquet_file(path).read_row_group(
+            table = open_parquet(path).read_row_group(
                 g, columns=[self.image_column, self.text_column]
             )
         except (pa.ArrowException, OSError) as e:
@@ -431,8 +447,8 @@ class ParquetImageText(ShardedSource):
     def decode(self, record: tuple[Any, Any, str, str], item_seed: int) -> ImageTextPair:
         image, text, key, root = record
         where = f"{self.name}:{key}"
-        caption = _caption(text, where)
-        return ImageTextPair(self.prep(_image_value(image, root, where), where), caption, key)
+        caption = caption_text(text, where)
+        return ImageTextPair(self.prep(image_value(image, root, where), where), caption, key)
 
 
 # ---- datasets.load_from_disk -------------------------------------------------------------------
@@ -485,12 +501,23 @@ class HFImageText(RandomAccessSource):
     def load(self, index: int, item_seed: int) -> ImageTextPair:
         row = self.dataset[index]
         where = f"{self.path}[{index}]"
-        caption = _caption(row[self.text_column], where)
-        image = _image_value(row[self.image_column], self.image_root, where)
+        caption = caption_text(row[self.text_column], where)
+        image = image_value(row[self.image_column], self.image_root, where)
         return ImageTextPair(self.prep(image, where), caption, str(index))
 
 
 # ---- CSV -----------------------------------------------------------------------------------------
+
+
+class CSVRow(NamedTuple):
+    """One checked CSV data row: its file line, "file:line" for messages, the image path as
+    written, the path to open (relative ones joined to the image root), and the caption."""
+
+    line: int
+    where: str
+    image: str
+    path: str
+    caption: str
 
 
 class CSVImageText(RandomAccessSource):
@@ -542,15 +569,30 @@ class CSVImageText(RandomAccessSource):
     def __len__(self) -> int:
         return len(self._rows)
 
-    def load(self, index: int, item_seed: int) -> ImageTextPair:
-        row = self._rows[index]
-        line = index + self._first_line
+    def fields(self, index: int) -> list[str]:
+        """Data row `index` as read: every field, unchanged (the header is not a data row)."""
+        return self._rows[index]
+
+    def line_number(self, index: int) -> int:
+        """The file line (1-based) of data row `index`."""
+        return index + self._first_line
+
+    def row(self, index: int) -> CSVRow:
+        """Data row `index` checked, its image not read: SkipSample naming the file and line for
+        a row with too few fields, an empty image path or an unusable caption."""
+        fields = self._rows[index]
+        line = self.line_number(index)
         where = f"{self.path}:{line}"
-        if len(row) <= max(self._cols):
-            raise SkipSample("bad_row", f"{where}: {len(row)} fields, need {max(self._cols) + 1}")
-        image, text = row[self._cols[0]].strip(), row[self._cols[1]]
+        need = max(self._cols) + 1
+        if len(fields) < need:
+            raise SkipSample("bad_row", f"{where}: {len(fields)} fields, need {need}")
+        image, text = fields[self._cols[0]].strip(), fields[self._cols[1]]
         if not image:
             raise SkipSample("no_image", f"{where}: empty image path")
-        caption = _caption(text, where)
+        caption = caption_text(text, where)
         full = image if os.path.isabs(image) else os.path.join(self.image_root, image)
-        return ImageTextPair(self.prep(full, f"{where} ({image})"), caption, str(line))
+        return CSVRow(line, where, image, full, caption)
+
+    def load(self, index: int, item_seed: int) -> ImageTextPair:
+        r = self.row(index)
+        return ImageTextPair(self.prep(r.path, f"{r.where} ({r.image})"), r.caption, str(r.line))

@@ -11,10 +11,14 @@ from PIL import Image
 
 from clippo.data.image_text import (
     CSVImageText,
+    CSVRow,
     HFImageText,
     ParquetImageText,
     TarShards,
+    caption_text,
     expand_paths,
+    image_value,
+    open_parquet,
 )
 from clippo.data.images import decode_image
 from clippo.data.mixer import BatchMixer, MixerConfig
@@ -289,6 +293,43 @@ def test_csv(helpers, tmp_path):
     assert read_all(src)[0]["1"].text == "a grey thing"
     with pytest.raises(ValueError, match="lacks column"):
         CSVImageText(str(path), columns=("path", "caption"))
+
+
+def test_public_row_helpers_check_without_decoding(tmp_path):
+    """What `clippo clean` reads through: rows checked, images left encoded."""
+    path = tmp_path / "pairs.csv"
+    path.write_text("image,caption\nimgs/a.png,a cat\nonly-one-field\n,no image\nb.png,\n")
+    src = CSVImageText(str(path))
+    assert src.fields(0) == ["imgs/a.png", "a cat"] and src.line_number(0) == 2
+    assert src.row(0) == CSVRow(2, f"{path}:2", "imgs/a.png", str(tmp_path / "imgs/a.png"), "a cat")
+    kinds = []
+    for i in (1, 2, 3):
+        with pytest.raises(SkipSample, match=f"{path}:{i + 2}") as e:
+            src.row(i)
+        kinds.append(e.value.kind)
+    assert kinds == ["bad_row", "no_image", "empty_caption"]
+
+    (tmp_path / "s.tar").write_bytes(b"")  # listed only: nothing here reads the shard
+    shards = TarShards(str(tmp_path / "s.tar"), image_exts=("jpg", "png"), shuffle=False)
+    data = {"png": b"PNG", "json": b'{"caption": "hi"}'}
+    assert shards.image_and_caption(data, "s:k") == (b"PNG", "hi", "png")
+    with pytest.raises(SkipSample, match="s:k: no image member") as e:
+        shards.image_and_caption({"txt": b"hi"}, "s:k")
+    assert e.value.kind == "no_image"
+    broken = {"jpg": OSError("truncated"), "txt": b"hi"}
+    with pytest.raises(SkipSample, match=r"s:k\.jpg: truncated"):
+        shards.image_and_caption(broken, "s:k")
+
+    assert image_value({"bytes": b"x", "path": "p"}, "/r", "w") == b"x"
+    assert image_value({"bytes": None, "path": "p.png"}, "/r", "w") == "/r/p.png"
+    assert image_value("/abs.png", "/r", "w") == "/abs.png"
+    with pytest.raises(SkipSample, match="w: no image in cell"):
+        image_value(None, "/r", "w")
+    assert caption_text(b"caf\xc3\xa9", "w") == "café"
+    with pytest.raises(SkipSample, match="w: no caption"):
+        caption_text(None, "w")
+    with pytest.raises(FileNotFoundError):
+        open_parquet(str(tmp_path / "missing.parquet"))
 
 
 def test_skip_stats_counts_and_deltas():

@@ -165,9 +165,10 @@ def test_read_cifar100(tmp_path):
         read_cifar100(tmp_path, class_names=["x", "y"])
     with pytest.raises(FileNotFoundError, match="train.bin"):
         read_cifar100(tmp_path, split="train")
-    (tmp_path / "cifar-100-binary/fine_label_names.txt").unlink()
-    with pytest.raises(FileNotFoundError, match="fine_label_names.txt"):
-        read_cifar100(tmp_path)
+    (tmp_path / "cifar-100-binary/fine_label_names.txt").unlink()  # the bundled names then
+    bundled = read_cifar100(tmp_path).class_names
+    assert len(bundled) == 100 and bundled[:3] == ("apple", "aquarium_fish", "baby")
+    assert bundled[-1] == "worm" and list(bundled) == sorted(bundled)
 
 
 def test_load_images_decodes_resizes_and_skips_unreadable(tmp_path):
@@ -200,6 +201,8 @@ def test_load_images_decodes_resizes_and_skips_unreadable(tmp_path):
 def test_read_templates(tmp_path):
     (tmp_path / "t.txt").write_text("a photo of a {}.\n\n  {} art  \n")
     assert read_templates(tmp_path / "t.txt") == ["a photo of a {}.", "{} art"]
+    (tmp_path / "c.txt").write_text("a photo of a {c}.\n{c}\n")  # CLIP_benchmark's slot
+    assert read_templates(tmp_path / "c.txt") == ["a photo of a {}.", "{}"]
     (tmp_path / "bad.txt").write_text("a {}\nno placeholder\n")
     with pytest.raises(ValueError, match=r"bad\.txt:2: template 'no placeholder'"):
         read_templates(tmp_path / "bad.txt")

@@ -39,6 +39,7 @@ def test_evaluate_retrieval_hand_computed(batch_size):
     out = evaluate_retrieval(encode_images, encode_texts, IMAGES, TEXTS, IDS, batch_size)
     # image 4: texts 3 (30) and 5 (50) are 10 degrees away, its own 12 -> rank 2
     # text 4 (52): images 5 (2 degrees away) and 6 (8) beat image 4 (12) -> rank 2
+    # modality gap: the unit centroids differ only by (u(40) - u(52)) / 10: 2 sin(6 deg) / 10
     assert out == {
         "img2txt/r@1": 0.9,
         "img2txt/r@5": 1.0,
@@ -48,6 +49,7 @@ def test_evaluate_retrieval_hand_computed(batch_size):
         "txt2img/r@10": 1.0,
         "n_images": 10,
         "n_texts": 10,
+        "modality_gap": pytest.approx(2 * np.sin(np.deg2rad(6.0)) / 10, rel=1e-5),
     }
 
 
@@ -128,8 +130,9 @@ def test_zeroshot_class_without_images_and_errors():
         evaluate_zeroshot(enc, np.array([5.0]), np.array([0]), ["p"], ["no slot"])
     with pytest.raises(ValueError, match="labels must be in"):
         evaluate_zeroshot(enc, np.array([5.0]), np.array([3]), ["p", "q", "r"], ["{}"])
-    with pytest.raises(ValueError, match="distinct"):
-        evaluate_zeroshot(enc, np.array([5.0]), np.array([0]), ["p", "p"], ["{}"])
+    # repeated names (CLIP's ImageNet list has two) share an embedding: the lower index wins
+    twice = evaluate_zeroshot(enc, np.array([5.0, 80.0]), np.array([1, 2]), ["q", "p", "p"], ["{}"])
+    assert twice["per_class"] == {"q": None, "p [1]": 1.0, "p [2]": 0.0}
 
 
 # ---- a real (tiny) CLIPPO model through as_encoders ---------------------------------------------

@@ -47,13 +47,13 @@ def test_retrieval_suite_matches_evaluate_retrieval(model, pairs, tmp_path, help
     got = retrieval_suite(model, spec, num_workers=2, examples_png=tmp_path / "ex.png")
     assert got["n_skipped"] == 1 and got["skipped"][0][0] == "broken.png"
     assert got["n_images"] == 5 and got["n_texts"] == 8
-    for key, value in want.items():
-        assert got[key] == pytest.approx(value, abs=1e-9), key
+    for key, value in want.items():  # the gap is a float32 sum: embedded in other batches
+        assert got[key] == pytest.approx(value, abs=1e-6 if key == "modality_gap" else 1e-9), key
     assert Image.open(tmp_path / "ex.png").size[1] > 5 * 128  # one row per query image
     # the same numbers from images decoded into memory first (what the hooks do)
     decoded = load_images(read_spec_data(spec), 32)
     again = retrieval_suite(model, spec, data=decoded)
-    assert {k: again[k] for k in want} == {k: got[k] for k in want}
+    assert {k: again[k] for k in want} == pytest.approx({k: got[k] for k in want}, abs=1e-6)
 
 
 def test_image_embeddings_files_and_memory_match_the_model(model, pairs, tmp_path):
