@@ -173,7 +173,7 @@ def test_the_demo_runs_the_demo_preset(tmp_path):
     assert short.schedule.warmup_steps <= 2 and 1 <= short.logging.eval_every_steps <= 10
     assert short.replace(loop=base.loop, schedule=base.schedule, logging=base.logging) == base
     with pytest.raises(ValueError, match="precision"):
-        demo_plan(tmp_path, precision="fp16")
+        demo_plan(tmp_path, precision="fp8")
     with pytest.raises(ConfigError, match="steps"):
         demo_plan(tmp_path, steps=0)
 
