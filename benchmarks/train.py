@@ -2,6 +2,7 @@
 
     python benchmarks/train.py                                   # Ti/16 + B/16, bf16, CPU (+ CUDA)
     python benchmarks/train.py --devices cuda --batch-sizes 256,256 --steps 20 --workers 12
+    python benchmarks/train.py --tables token-drop --variants Ti/16 --batch-sizes 8 --precision fp32
 
 For each variant and device, in the same run:
 - model-only: optimiser steps (forward, backward, clipping, AdamW) on one pre-rendered batch that
@@ -13,6 +14,11 @@ For each variant and device, in the same run:
 - MFU (CUDA): analytic model FLOPs per step / step time / the GPU's peak bf16 dense FLOP/s.
 A second table gives single-process CPU time per item of each loader stage: decode (JPEG ->
 uint8 at the model size), render (one text), collate (stacking a batch, per pair).
+A third table (`--tables token-drop`) times optimiser steps of the same model on one collated
+batch of ~50-character captions (75% image/text, 25% text/text pairs, ink masks from the
+workers), in the same run, interleaved: dense (every text patch), ink-only texts
+(`ModelConfig.ink_only_text`) and patch dropout 0.5 on photos (`ModelConfig.patch_dropout`), with
+the tokens per text and per photo each one encodes.
 On a small CPU the workers compete with the model for cores (use --threads to leave them one),
 so the GPU numbers are the ones the 5% goal is about.
 """
@@ -35,6 +41,7 @@ from clippo.data.collate import PairCollate
 from clippo.data.images import decode_image
 from clippo.data.sources import ImageTextPair, TextPair
 from clippo.model.config import ModelConfig
+from clippo.model.one_tower import CLIPPO
 from clippo.preprocess import resize_uint8
 from clippo.render import UnifontRenderer
 from clippo.train import Trainer
@@ -96,14 +103,14 @@ def make_jpeg_csv(root: Path, n: int, size: int) -> Path:
 
 
 def make_config(
-    variant: str, batch: int, device: str, run_dir: Path, data: DataConfig
+    variant: str, batch: int, device: str, run_dir: Path, data: DataConfig, precision: str
 ) -> TrainConfig:
     return TrainConfig(
         data=data,
         model=ModelSection(variant=variant, image_size=224),
         optim=OptimConfig(name="adamw", lr=1e-4, wd=1e-4),
         schedule=ScheduleConfig(kind="constant"),
-        loop=LoopConfig(steps=1000, batch_size=batch, precision="bf16", device=device),
+        loop=LoopConfig(steps=1000, batch_size=batch, precision=precision, device=device),
         checkpoint=CheckpointConfig(every_steps=0),
         logging=LoggingConfig(run_dir=str(run_dir), progress=False, tensorboard=False),
     )
@@ -129,7 +136,8 @@ def bench_training(variant: str, batch: int, device: str, args, csv_path: Path, 
         num_workers=args.workers if args.workers is not None else (1 if device == "cpu" else 8),
         prefetch_factor=4,
     )
-    cfg = make_config(variant, batch, device, tmp / f"{variant.replace('/', '_')}_{device}", data)
+    run_dir = tmp / f"{variant.replace('/', '_')}_{device}"
+    cfg = make_config(variant, batch, device, run_dir, data, args.precision)
     torch.manual_seed(0)
     fixed = (torch.rand(batch, 3, 224, 224) * 2 - 1, torch.rand(batch, 3, 224, 224) * 2 - 1)
     trainer = Trainer(cfg, lambda start: iter(()), [], None)
@@ -162,6 +170,66 @@ def bench_training(variant: str, batch: int, device: str, args, csv_path: Path, 
         "mfu": flops / model_only / (peak * 1e12) if peak else None,
         "pipe_mfu": flops / pipeline / (peak * 1e12) if peak else None,
     }
+
+
+CAPTIONS = [  # ~50 characters each, as benchmarks/ink_only.py
+    "a photo of a dog playing with a ball in the park",
+    "two people riding bicycles down a busy city street",
+    "a bowl of fresh fruit on a wooden kitchen table",
+    "an aeroplane flying over snowy mountains at dawn",
+]
+TOKEN_DROP = {  # row name -> ModelConfig options
+    "dense": {},
+    "ink-only text": {"ink_only_text": True},
+    "patch dropout 0.5": {"patch_dropout": 0.5},
+}
+
+
+def bench_token_drop(variant: str, batch: int, device: str, args, tmp: Path) -> list[dict]:
+    """Seconds per optimiser step of each `TOKEN_DROP` setting on the same collated batch."""
+    renderer = UnifontRenderer()
+    ds = synthetic.SyntheticImageText(synthetic.SyntheticConfig(image_size=224))
+    n_text = batch // 4
+    pairs: list = [ImageTextPair(ds[i][0], CAPTIONS[i % 4], f"i{i}") for i in range(batch - n_text)]
+    pairs += [TextPair(CAPTIONS[i % 4], CAPTIONS[(i + 1) % 4], f"t{i}") for i in range(n_text)]
+    collated = PairCollate(renderer, pixel_format="uint8", ink_patch_size=16)(pairs)
+    trainers = {}
+    for name, options in TOKEN_DROP.items():
+        run_dir = tmp / f"drop_{len(trainers)}"
+        cfg = make_config(variant, batch, device, run_dir, DataConfig(), args.precision)
+        torch.manual_seed(0)
+        model = CLIPPO(ModelConfig.from_variant(variant, image_size=224, **options))
+        trainers[name] = Trainer(cfg, lambda start: iter(()), [], model)
+    times: dict[str, list[float]] = {name: [] for name in trainers}
+    for rep in range(args.warmup + args.steps):
+        order = list(trainers) if rep % 2 == 0 else list(trainers)[::-1]
+        for name in order:  # interleaved: drift of a shared machine hits every row alike
+            step = time_steps(trainers[name], iter([collated]), 0, 1)
+            if rep >= args.warmup:
+                times[name] += step
+    ink = collated["right_ink"].flatten(1).sum(1).float()
+    full = float(collated["right_ink"][0].numel())
+    rows = []
+    for name, options in TOKEN_DROP.items():
+        step = statistics.median(times[name])
+        text_tokens = float(ink.mean()) if options.get("ink_only_text") else full
+        photo_tokens = round(full * (1 - options.get("patch_dropout", 0.0)))
+        rows.append(
+            {
+                "device": device,
+                "variant": variant,
+                "batch": batch,
+                "setting": name,
+                "text_tokens": text_tokens,
+                "photo_tokens": photo_tokens,
+                "step": step,
+                "pps": batch / step,
+            }
+        )
+    dense = rows[0]["step"]
+    for r in rows:
+        r["speedup"] = dense / r["step"]
+    return rows
 
 
 def bench_stages(csv_path: Path, n: int) -> dict[str, float]:
@@ -207,7 +275,12 @@ def main() -> None:
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's)"
     )
     parser.add_argument("--peak-tflops", type=float, default=None, help="for MFU on unknown GPUs")
+    parser.add_argument(
+        "--tables", default="pipeline,token-drop", help="pipeline (and stages), token-drop"
+    )
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     args = parser.parse_args()
+    tables = args.tables.split(",")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -217,7 +290,7 @@ def main() -> None:
         if args.devices
         else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     )
-    rows = []
+    rows, drop_rows = [], []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         (tmp / "jpeg").mkdir()
@@ -226,13 +299,56 @@ def main() -> None:
             default = "16,4" if device == "cpu" else "256,256"
             batches = [int(b) for b in (args.batch_sizes or default).split(",")]
             for variant, batch in zip(variants, batches * len(variants)):
-                rows.append(bench_training(variant, batch, device, args, csv_path, tmp))
+                if "pipeline" in tables:
+                    rows.append(bench_training(variant, batch, device, args, csv_path, tmp))
+                if "token-drop" in tables:
+                    drop_rows += bench_token_drop(variant, batch, device, args, tmp)
                 print(f"done {variant} on {device}", flush=True)
-        stages = bench_stages(csv_path, min(args.images, 64))
+        stages = bench_stages(csv_path, min(args.images, 64)) if "pipeline" in tables else None
+    if drop_rows:
+        print_token_drop(drop_rows, args)
+    if stages is not None:
+        print_pipeline(rows, stages, args)
 
+
+def print_token_drop(rows: list[dict], args) -> None:
+    print(
+        f"\ntoken dropping, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{args.precision}, AdamW, same batch of ~50-character captions (25% text/text), median of "
+        f"{args.steps} interleaved steps"
+    )
+    head = (
+        "device",
+        "variant",
+        "batch",
+        "setting",
+        "tokens/text",
+        "tokens/photo",
+        "s/step",
+        "pairs/s",
+        "vs dense",
+    )
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows:
+        cells = (
+            r["device"],
+            r["variant"],
+            r["batch"],
+            r["setting"],
+            f"{r['text_tokens']:.1f}",
+            r["photo_tokens"],
+            f"{r['step']:.3f}",
+            f"{r['pps']:.1f}",
+            f"{r['speedup']:.2f}x",
+        )
+        print("| " + " | ".join(str(c) for c in cells) + " |")
+
+
+def print_pipeline(rows: list[dict], stages: dict[str, float], args) -> None:
     print(
         f"\ntorch {torch.__version__}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, "
-        f"bf16 autocast, AdamW, render on {args.render_on}, "
+        f"{args.precision}, AdamW, render on {args.render_on}, "
         f"median of {args.steps} (pipeline) / {2 * args.steps} (model) steps"
     )
     head = (

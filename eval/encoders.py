@@ -61,9 +61,14 @@ def embed(
     return _unit_rows(np.concatenate(out))
 
 
-def as_encoders(model_or_encoders: Any, *, device: Any = None) -> tuple[Encoder, Encoder]:
+def as_encoders(
+    model_or_encoders: Any, *, device: Any = None, ink_only: bool | None = None
+) -> tuple[Encoder, Encoder]:
     """(encode_images, encode_texts) from a pair of callables, or from an object with
     `encode_images`/`encode_texts` (a CLIPPO model).
+
+    Texts are encoded as the model was trained (a CLIPPO with `ink_only_text` encodes only the
+    inked patches); `ink_only=True/False` says otherwise (passed to `model.encode_texts`).
 
     For a torch module the image encoder accepts uint8 [B, H, W, 3] (numpy, or a list of
     [H, W, 3]) and converts it to the model's pixels (x/255*2-1), or float [B, 3, H, W] as is;
@@ -81,11 +86,13 @@ def as_encoders(model_or_encoders: Any, *, device: Any = None) -> tuple[Encoder,
             "or a pair of callables"
         )
     if not hasattr(model_or_encoders, "parameters"):
+        if ink_only is not None:
+            raise TypeError("ink_only applies to a model, not to an object's own encoders")
         return model_or_encoders.encode_images, model_or_encoders.encode_texts
-    return _module_encoders(model_or_encoders, device)
+    return _module_encoders(model_or_encoders, device, ink_only)
 
 
-def _module_encoders(model: Any, device: Any) -> tuple[Encoder, Encoder]:
+def _module_encoders(model: Any, device: Any, ink_only: bool | None) -> tuple[Encoder, Encoder]:
     import torch
 
     from clippo.render import to_pixels
@@ -111,7 +118,10 @@ def _module_encoders(model: Any, device: Any) -> tuple[Encoder, Encoder]:
             batch = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
         return run(lambda: model.encode_images(batch.to(device)))
 
+    # only an explicit choice is passed: token-based towers' encode_texts have no such option
+    options = {} if ink_only is None else {"ink_only": ink_only}
+
     def encode_texts(texts: Sequence[str]) -> Any:
-        return run(lambda: model.encode_texts(list(texts)))
+        return run(lambda: model.encode_texts(list(texts), **options))
 
     return encode_images, encode_texts

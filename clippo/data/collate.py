@@ -18,6 +18,12 @@ Always: "is_text_pair" bool [B], "left_texts" (None for image rows), "right_text
 "step", "skipped" (skip counts found while making the batch; merge into a `SkipStats`).
 `to_device` gives "left_pixels"/"right_pixels" float32 [B,3,H,W] on the device in every mode,
 equal to the worker-mode values.
+
+Ink masks (the ink-only mode, `ModelConfig.ink_only_text`): with `ink_patch_size=p`, worker
+collation adds "left_ink"/"right_ink" bool [B,H/p,W/p] (the patches of each rendered text
+holding a pixel other than the background; photo rows all True), and `to_device(...,
+ink_patch_size=p)` gives them on the device in every mode (taken from the batch, or found on the
+device from the rendered pixels with `clippo.model.one_tower.ink_patches`: the same rule).
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ class PairCollate:
         renderer: Any,
         render_on: Literal["worker", "device"] = "worker",
         pixel_format: Literal["float32", "uint8"] = "float32",
+        ink_patch_size: int | None = None,
     ) -> None:
         if render_on not in ("worker", "device"):
             raise ValueError(f"render_on must be 'worker' or 'device', got {render_on!r}")
@@ -69,6 +76,11 @@ class PairCollate:
         self.render_on = render_on
         self.pixel_format = pixel_format
         self.size = renderer.config.image_size
+        if ink_patch_size is not None and (ink_patch_size <= 0 or self.size % ink_patch_size):
+            raise ValueError(
+                f"ink_patch_size {ink_patch_size} does not divide the image size {self.size}"
+            )
+        self.ink_patch_size = ink_patch_size
 
     def _image(self, image: Any, key: str) -> np.ndarray:
         if (
@@ -114,6 +126,12 @@ class PairCollate:
         left[image_rows] = img
         left[text_rows] = rendered[: len(text_rows)]
         right = rendered[len(text_rows) :]
+        if self.ink_patch_size is not None:
+            ink = self._ink(rendered, self.ink_patch_size)
+            left_ink = np.ones((n, *ink.shape[1:]), bool)  # photos: every patch counts
+            left_ink[text_rows] = ink[: len(text_rows)]
+            out["left_ink"] = torch.from_numpy(left_ink)
+            out["right_ink"] = torch.from_numpy(np.ascontiguousarray(ink[len(text_rows) :]))
         if self.pixel_format == "uint8":
             out["left_uint8"], out["right_uint8"] = torch.from_numpy(left), torch.from_numpy(right)
         else:
@@ -123,12 +141,52 @@ class PairCollate:
             out["right_pixels"] = torch.from_numpy(to_pixels(right))
         return out
 
+    def _ink(self, rendered: np.ndarray, patch_size: int) -> np.ndarray:
+        """uint8 [B,H,W,3] rendered texts -> bool [B,H/p,W/p]: patches off the background."""
+        from clippo.render import ink_mask
+
+        background = np.asarray(self.renderer.config.background_brightness, np.uint8)
+        return ink_mask(np.any(rendered != background, axis=-1), patch_size, 0)
+
 
 def to_device(
-    batch: Mapping[str, Any], device: Any, renderer: Any = None, non_blocking: bool = False
+    batch: Mapping[str, Any],
+    device: Any,
+    renderer: Any = None,
+    non_blocking: bool = False,
+    ink_patch_size: int | None = None,
 ) -> dict[str, Any]:
     """Add "left_pixels"/"right_pixels" float32 [B,3,H,W] on `device` (rendering there when the
-    batch was collated with render_on="device"; `renderer` is then required)."""
+    batch was collated with render_on="device"; `renderer` is then required).
+
+    With `ink_patch_size=p` also "left_ink"/"right_ink" bool [B,H/p,W/p] on `device` (see the
+    module doc): the batch's own when collated with that patch size, else found from the pixels
+    (then `renderer` is required, for its background)."""
+    out = _pixels_on_device(batch, device, renderer, non_blocking)
+    if ink_patch_size is None:
+        return out
+    from clippo.model.one_tower import ink_patches
+
+    is_text = out["is_text_pair"]
+    for side in ("left", "right"):
+        ink = batch.get(f"{side}_ink")
+        grid = out[f"{side}_pixels"].shape[-1] // ink_patch_size
+        if ink is not None and tuple(ink.shape[1:]) == (grid, grid):
+            out[f"{side}_ink"] = ink.to(device, non_blocking=non_blocking)
+            continue
+        if renderer is None:
+            raise ValueError("ink masks found from the pixels need the renderer (its background)")
+        ink = ink_patches(out[f"{side}_pixels"], renderer.config, ink_patch_size)
+        if side == "left":  # photos: every patch counts
+            ink = ink | ~is_text[:, None, None]
+        out[f"{side}_ink"] = ink
+    return out
+
+
+def _pixels_on_device(
+    batch: Mapping[str, Any], device: Any, renderer: Any, non_blocking: bool
+) -> dict[str, Any]:
+    """`to_device` without the ink masks."""
     out = dict(batch)
     out["is_text_pair"] = batch["is_text_pair"].to(device, non_blocking=non_blocking)
     if "left_pixels" in batch:

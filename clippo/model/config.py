@@ -136,6 +136,11 @@ class ModelConfig:
     names which ("unifont" or "text"). Either may be left out: the name follows the settings,
     the settings default to the named renderer's defaults at the tower's image size (Unifont
     when neither is given). The images must be square, of the tower's image size.
+
+    Token dropping (`CLIPPO.forward`; both saved in config.json, so a loaded model keeps them):
+    `ink_only_text` encodes rendered texts from their inked patches only, in training and (unless
+    told otherwise) in `encode_texts`; `patch_dropout` is the fraction of a photo's patch tokens
+    dropped at random in training (FLIP), never a rendered text's; all are kept at evaluation.
     """
 
     vit: ViTConfig
@@ -145,10 +150,29 @@ class ModelConfig:
     # typed_config.from_dict needs to read a null `renderer`/`render` as "the default"
     renderer: RendererName = field(default=None)  # type: ignore[arg-type]
     render: AnyRenderConfig = field(default=None)  # type: ignore[assignment]
+    ink_only_text: bool = False
+    patch_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.vit, ViTConfig):
             raise TypeError(f"ModelConfig.vit must be a ViTConfig, got {type(self.vit).__name__}")
+        if not isinstance(self.ink_only_text, bool):
+            raise ValueError(
+                f"ModelConfig.ink_only_text must be a bool, got {self.ink_only_text!r}"
+            )
+        dropout = self.patch_dropout
+        if (
+            isinstance(dropout, bool)
+            or not isinstance(dropout, int | float)
+            or not 0 <= dropout < 1
+        ):
+            raise ValueError(f"ModelConfig.patch_dropout must be in [0, 1), got {dropout!r}")
+        if (self.ink_only_text or dropout) and self.vit.pool_type != "map":
+            # padded token rows are masked out of attention; "gap" would average them in
+            raise ValueError(
+                "ModelConfig.ink_only_text and patch_dropout need vit.pool_type 'map', got "
+                f"{self.vit.pool_type!r}"
+            )
         if not isinstance(self.out_dim, int) or isinstance(self.out_dim, bool) or self.out_dim <= 0:
             raise ValueError(f"ModelConfig.out_dim must be a positive int, got {self.out_dim!r}")
         # the logit scale is exp(t): an infinite or NaN t makes every logit inf or NaN
@@ -181,13 +205,16 @@ class ModelConfig:
         out_dim: int | None = None,
         temperature_init: float = 10.0,
         render: AnyRenderConfig | None = None,
+        ink_only_text: bool = False,
+        patch_dropout: float = 0.0,
     ) -> ModelConfig:
         """Named variant; `out_dim` defaults to the tower width (CLIPPO B/16: 768)."""
         vit = ViTConfig.from_variant(name, image_size=image_size)
         dim = vit.width if out_dim is None else out_dim
+        drop: dict[str, Any] = {"ink_only_text": ink_only_text, "patch_dropout": patch_dropout}
         if render is None:  # the default renderer at the tower's image size
-            return cls(vit=vit, out_dim=dim, temperature_init=temperature_init)
-        return cls(vit=vit, out_dim=dim, temperature_init=temperature_init, render=render)
+            return cls(vit=vit, out_dim=dim, temperature_init=temperature_init, **drop)
+        return cls(vit=vit, out_dim=dim, temperature_init=temperature_init, render=render, **drop)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -196,13 +223,16 @@ class ModelConfig:
             "temperature_init": self.temperature_init,
             "renderer": self.renderer,
             "render": self.render.to_dict(),
+            "ink_only_text": self.ink_only_text,
+            "patch_dropout": self.patch_dropout,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], prefix: str = "") -> ModelConfig:
         """The `to_dict` form back; `vit` and `render` are converted as nested tables. A missing
         or null `renderer` is "unifont"; a missing or null `render` is the named renderer's
-        default at the tower's image size. `prefix` is the dotted key errors are named under.
+        default at the tower's image size; missing `ink_only_text`/`patch_dropout` (configs
+        written before them) are off. `prefix` is the dotted key errors are named under.
 
         `render` is read as the settings of the renderer `renderer` names: the two settings
         tables share keys, so a partial table alone could not say which it is.

@@ -11,10 +11,12 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+import torch.utils.checkpoint
 from timm.layers import GELUTanh, lecun_normal_
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
@@ -23,6 +25,8 @@ from tqdm.auto import tqdm
 from clippo.model.config import ModelConfig, ViTConfig
 from clippo.model.files import save_model
 from clippo.prompts import fill
+from clippo.render import AnyRenderConfig
+from clippo.render.unifont_torch import to_pixels_torch
 
 if TYPE_CHECKING:
     from clippo.render import Renderer
@@ -76,6 +80,75 @@ def _linear(module: nn.Module, path: str) -> nn.Linear:
 def l2_normalize(x: Tensor) -> Tensor:
     """`x / (||x||_2 + 1e-8)` over the last axis (not `F.normalize`, which clamps the norm)."""
     return x / (torch.linalg.vector_norm(x, dim=-1, keepdim=True) + NORM_EPS)
+
+
+@dataclass(frozen=True)
+class TowerInput:
+    """One side of a pair batch for the tower, when tokens may be dropped (`CLIPPO.forward`).
+
+    pixels float [B,3,H,W] in [-1,1]; is_text bool [B]: the rows that are rendered texts (never
+    patch-dropped); ink bool [B, H/p, W/p] or None: the inked patches of the text rows (the
+    ink-only mode; photo rows' entries are not used), None to keep every text patch. Sliced
+    along the batch (`side[a:b]`) as the trainer cuts micro-batches.
+    """
+
+    pixels: Tensor
+    is_text: Tensor
+    ink: Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def __getitem__(self, rows: slice) -> TowerInput:
+        ink = None if self.ink is None else self.ink[rows]
+        return TowerInput(self.pixels[rows], self.is_text[rows], ink)
+
+
+def _pixels(side: Tensor | TowerInput) -> Tensor:
+    return side.pixels if isinstance(side, TowerInput) else side
+
+
+def select_tokens(x: Tensor, keep: Tensor, length: int = 0) -> tuple[Tensor, Tensor]:
+    """The one token-selection step of ink-only texts and patch dropout: a gather by index.
+
+    x [B,N,W], keep bool [B,N] -> (tokens [B,L,W]: each row's kept tokens in their original
+    order, left-packed; valid bool [B,L]: which are real), L = max(the most any row keeps,
+    `length`). Padding slots hold a copy of some token of the row; mask them out (`valid`).
+    """
+    counts = keep.sum(1)
+    size = max(int(counts.max()), length)
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # kept first, in order
+    if size <= order.shape[1]:
+        order = order[:, :size]
+    else:
+        order = nn.functional.pad(order, (0, size - order.shape[1]))  # extra slots: token 0
+    tokens = x.gather(1, order[..., None].expand(-1, -1, x.shape[-1]))
+    valid = torch.arange(size, device=x.device)[None] < counts[:, None]
+    return tokens, valid
+
+
+def length_buckets(counts: Tensor) -> list[Tensor]:
+    """Rows grouped so that padding stays small: int [B] kept lengths (>= 1) -> row indices
+    int64 (on the CPU) per bucket, shortest first; bucket k holds lengths in (2^(k-1), 2^k],
+    so no row is padded to more than twice its length (and at most log2(N)+1 buckets run)."""
+    c = counts.detach().cpu()
+    bucket = torch.ceil(torch.log2(c.double())).long()
+    return [(bucket == b).nonzero().squeeze(1) for b in bucket.unique()]
+
+
+def ink_patches(pixels: Tensor, render: AnyRenderConfig, patch_size: int) -> Tensor:
+    """Rendered texts float [B,3,H,W] in [-1,1] -> bool [B, H/p, W/p]: the patches holding any
+    pixel other than the renderer's background (what `render_torch(..., return_ink=True)` gives
+    at p = 16, for any patch size; the background pixel is converted as the text pixels are)."""
+    level = torch.tensor(render.background_brightness, dtype=torch.uint8, device=pixels.device)
+    background = to_pixels_torch(level.expand(1, 1, 1, 3))  # [1, 3, 1, 1], bit-equal to `pixels`
+    b, _, h, w = pixels.shape
+    if h % patch_size or w % patch_size:
+        raise ValueError(f"image size {h}x{w} is not a multiple of patch_size={patch_size}")
+    differs = (pixels != background).any(dim=1)  # [B, H, W]
+    return (
+        differs.reshape(b, h // patch_size, patch_size, w // patch_size, patch_size).any(4).any(2)
+    )
 
 
 def prompt_ensemble(
@@ -183,17 +256,23 @@ class CLIPPO(nn.Module):
     # ---- towers -------------------------------------------------------------------------------
 
     def _tower(
-        self, pixels: Tensor, prefix: str, out: dict[str, Tensor] | None, ink: Tensor | None = None
+        self,
+        pixels: Tensor,
+        prefix: str,
+        out: dict[str, Tensor] | None,
+        keep: Tensor | None = None,
+        pad_to: int = 0,
     ) -> Tensor:
         """pixels [B,3,H,W] -> normalised embedding [B,D]; fills `out` with named intermediates.
 
-        With `ink` (bool [B, H/p, W/p]) only the marked patches become tokens (see `_encode_ink`).
+        With `keep` (bool [B, N], N = (H/p)*(W/p)) only the marked patches become tokens (see
+        `_encode_kept`); "{prefix}/encoded" is then the packed tokens [B, L, W].
         """
-        if ink is None:
+        if keep is None:
             encoded = self.vit.forward_features(pixels)  # [B, N, W], after encoder_norm
             pre_logits = self.vit.forward_head(encoded, pre_logits=True)  # [B, W], pooled
         else:
-            encoded, pre_logits = self._encode_ink(pixels, ink)
+            encoded, pre_logits = self._encode_kept(pixels, keep, pad_to, out is not None)
         logits = self.head(pre_logits)  # [B, D]
         norm = torch.linalg.vector_norm(logits, dim=-1, keepdim=True)  # [B, 1]
         z = logits / (norm + NORM_EPS)
@@ -206,46 +285,113 @@ class CLIPPO(nn.Module):
             out[f"{prefix}/normalized"] = z
         return z
 
-    def _encode_ink(self, pixels: Tensor, ink: Tensor) -> tuple[Tensor, Tensor]:
-        """Ink-only tokens: drop blank patches, keeping each kept patch's position embedding.
+    def _encode_kept(
+        self, pixels: Tensor, keep: Tensor, pad_to: int = 0, with_encoded: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """Only the kept patches as tokens, each with its own position embedding.
 
-        pixels [B,3,H,W], ink bool [B,h,w] -> (encoded [B,L,W] left-packed, padded to the longest
-        sample's L kept tokens, pooled [B,W]). Padding is masked out of every attention, so a
-        sample's embedding does not depend on the rest of the batch. A sample with no ink keeps
-        its first patch, so that there is something to attend to.
+        pixels [B,3,H,W], keep bool [B,N] (or [B,h,w]) -> (encoded [B,L,W]: each row's tokens
+        left-packed, padded to the longest row's L (empty [B,0,W] unless `with_encoded`),
+        pooled [B,W]). Rows are encoded in buckets of similar kept length (`length_buckets`),
+        each padded to at least `pad_to` tokens; padding is masked out of every attention, so a
+        row's output depends neither on the rest of the batch nor on the padding. A row that
+        keeps nothing keeps its first patch, so that there is something to attend to.
         """
         vit = self.vit
         if vit.attn_pool is None:
-            raise ValueError("ink-only encoding needs MAP pooling (pool_type='map')")
+            raise ValueError("dropping tokens needs MAP pooling (pool_type='map')")
         x = vit.norm_pre(vit._pos_embed(vit.patch_embed(pixels)))  # [B, N, W]
-        keep = ink.reshape(ink.shape[0], -1).to(x.device, torch.bool).clone()
-        if keep.shape[1] != x.shape[1]:
-            raise ValueError(f"ink mask has {keep.shape[1]} patches, the model makes {x.shape[1]}")
+        keep = keep.reshape(keep.shape[0], -1).to(x.device, torch.bool)
+        if keep.shape != x.shape[:2]:
+            raise ValueError(
+                f"token mask has shape {tuple(keep.shape)}; the model makes {tuple(x.shape[:2])} "
+                "tokens (ink masks are per patch: [B, H/patch, W/patch])"
+            )
+        keep = keep.clone()
         keep[keep.sum(1) == 0, 0] = True
-        counts = keep.sum(1)
-        length = int(counts.max())
-        order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :length]  # kept first
-        x = x.gather(1, order[..., None].expand(-1, -1, x.shape[-1]))
-        valid = torch.arange(length, device=x.device)[None] < counts[:, None]  # [B, L]
-        # an additive mask: timm's non-fused attention adds the mask to the scores
-        mask = torch.zeros(valid.shape, dtype=x.dtype, device=x.device)
-        mask = mask.masked_fill(~valid, float("-inf"))[:, None, None, :]  # [B, 1, 1, L]
-        for block in vit.blocks:
-            x = block(x, attn_mask=mask)
-        x = vit.norm(x)
-        return x, vit.attn_pool(x, attn_mask=mask)
+        checkpoint = vit.grad_checkpointing and torch.is_grad_enabled()
+        groups = length_buckets(keep.sum(1))
+        pooled, encoded = [], []
+        for rows in groups:
+            rows = rows.to(x.device)
+            sub = (x, keep) if len(groups) == 1 else (x[rows], keep[rows])  # one: all, in order
+            tokens, valid = select_tokens(*sub, pad_to)
+            mask = None  # rows of equal length (patch dropout, full canvases): no padding,
+            if not bool(valid.all()):  # and attention may take its fused mask-free kernels
+                # an additive mask: timm's attention (fused or not) adds it to the scores
+                mask = torch.zeros(valid.shape, dtype=tokens.dtype, device=x.device)
+                mask = mask.masked_fill(~valid, float("-inf"))[:, None, None, :]  # [b,1,1,L]
+            for block in vit.blocks:
+                if checkpoint:
+                    tokens = torch.utils.checkpoint.checkpoint(
+                        block, tokens, attn_mask=mask, use_reentrant=False
+                    )
+                else:
+                    tokens = block(tokens, attn_mask=mask)
+            tokens = vit.norm(tokens)
+            pooled.append(vit.attn_pool(tokens, attn_mask=mask))
+            if with_encoded:
+                encoded.append(tokens)
+        inverse = torch.argsort(torch.cat(groups)).to(x.device)  # back to the rows' order
+        pooled_rows = torch.cat(pooled)[inverse]
+        if not with_encoded:
+            return x.new_empty(len(x), 0, x.shape[-1]), pooled_rows
+        longest = max(t.shape[1] for t in encoded)
+        padded = [nn.functional.pad(t, (0, 0, 0, longest - t.shape[1])) for t in encoded]
+        return torch.cat(padded)[inverse], pooled_rows
 
-    def encode(self, pixels: Tensor, ink: Tensor | None = None) -> Tensor:
+    def _photo_keep(self, n: int, device: torch.device) -> Tensor:
+        """Patch dropout (FLIP): bool [n, N], each row keeping the same number of patches
+        (`round(N * (1 - patch_dropout))`, at least 1), chosen uniformly by the torch RNG."""
+        tokens = self.config.vit.num_tokens
+        kept = max(1, round(tokens * (1 - self.config.patch_dropout)))
+        chosen = torch.rand(n, tokens, device=device).argsort(dim=1)[:, :kept]
+        return torch.zeros(n, tokens, dtype=torch.bool, device=device).scatter_(1, chosen, True)
+
+    def token_keep(self, side: Tensor | TowerInput, photos: bool) -> Tensor | None:
+        """Which patch tokens one side of a pair batch keeps: bool [B, N], or None for all.
+
+        A plain tensor is all photos (`photos=True`) or all rendered texts; a `TowerInput` says
+        per row. Text rows keep their inked patches when the side carries ink masks, else all;
+        photo rows lose `config.patch_dropout` of theirs in training mode, none in eval mode.
+        """
+        if isinstance(side, TowerInput):
+            pixels, is_text, ink = side.pixels, side.is_text.to(side.pixels.device), side.ink
+        else:
+            pixels, ink = side, None
+            is_text = torch.full((len(side),), not photos, dtype=torch.bool, device=side.device)
+        keep = None
+        if ink is not None and bool(is_text.any()):  # photos alone: the dense path
+            keep = ink.reshape(len(ink), -1).to(pixels.device, torch.bool) | ~is_text[:, None]
+        dropout = self.training and self.config.patch_dropout > 0
+        if dropout and not bool(is_text.all()):
+            if keep is None:
+                n = self.config.vit.num_tokens
+                keep = torch.ones(len(pixels), n, dtype=torch.bool, device=pixels.device)
+            photo_rows = (~is_text).nonzero().squeeze(1)
+            keep[photo_rows] = self._photo_keep(len(photo_rows), pixels.device)
+        return keep
+
+    def encode(self, pixels: Tensor, ink: Tensor | None = None, pad_to: int = 0) -> Tensor:
         """Float pixels [B,3,H,W] in [-1,1] (photos or rendered text) -> [B,D] unit vectors.
 
-        `ink` (bool [B, H/p, W/p], e.g. from `render_torch(..., return_ink=True)`) opts into the
-        ink-only mode: blank patches of rendered text are dropped from the sequence.
+        `ink` (bool [B, H/p, W/p], e.g. from `render_torch(..., return_ink=True)` or `ink_of`)
+        opts into the ink-only mode: blank patches of rendered text are dropped from the
+        sequence. `pad_to` pads each bucket of kept tokens to at least that length (outputs do
+        not depend on it; for tests and benchmarks). No patch dropout here.
         """
-        return self._tower(pixels, "img", None, ink)
+        keep = None if ink is None else ink.reshape(len(ink), -1)
+        return self._tower(pixels, "img", None, keep, pad_to)
 
     def encode_images(self, pixels: Tensor) -> Tensor:
-        """Same tower as `encode`, named for readability."""
-        return self._tower(pixels, "img", None)
+        """Photos [B,3,H,W] in [-1,1] -> [B,D]: the tower of `encode`, with the model's patch
+        dropout in training mode (`config.patch_dropout`; every patch in eval mode)."""
+        return self._tower(pixels, "img", None, self.token_keep(pixels, photos=True))
+
+    def ink_of(self, pixels: Tensor) -> Tensor:
+        """Rendered texts float [B,3,H,W] -> bool [B, H/p, W/p]: the patches of this model's
+        grid holding any pixel other than its renderer's background (`ink_patches`)."""
+        return ink_patches(pixels, self.config.render, self.config.vit.patch_size)
 
     def pooled(self, pixels: Tensor) -> Tensor:
         """Float pixels [B,3,H,W] in [-1,1] -> the pooled representation [B, width]: the MAP
@@ -267,12 +413,15 @@ class CLIPPO(nn.Module):
         return self.renderer.render_torch(list(texts), device=self.t.device)
 
     def encode_texts(
-        self, texts: Sequence[str], batch_size: int = 256, ink_only: bool = False
+        self, texts: Sequence[str], batch_size: int = 256, ink_only: bool | None = None
     ) -> Tensor:
         """Render with the model's renderer, then encode: list of B strings -> [B,D].
 
-        `ink_only=True` encodes only the patches with ink (cheaper for short texts).
+        `ink_only=True` encodes only the patches with ink (cheaper for short texts); None (the
+        default) does what the model was trained with (`config.ink_only_text`).
         """
+        if ink_only is None:
+            ink_only = self.config.ink_only_text
         if isinstance(texts, str | bytes):
             raise TypeError("encode_texts takes a list of strings, not a single string")
         texts = list(texts)
@@ -280,10 +429,9 @@ class CLIPPO(nn.Module):
             return torch.empty(0, self.config.out_dim, device=self.t.device)
         chunks = []
         for i in range(0, len(texts), batch_size):
-            pixels, ink = self.renderer.render_torch(
-                texts[i : i + batch_size], device=self.t.device, return_ink=True
-            )
-            chunks.append(self.encode(pixels.to(self.t.dtype), ink if ink_only else None))
+            pixels = self.render_texts(texts[i : i + batch_size])
+            ink = self.ink_of(pixels) if ink_only else None
+            chunks.append(self.encode(pixels.to(self.t.dtype), ink))
         return torch.cat(chunks)
 
     @property
@@ -293,8 +441,8 @@ class CLIPPO(nn.Module):
 
     def forward(
         self,
-        images: Tensor | None = None,
-        texts: Tensor | None = None,
+        images: Tensor | TowerInput | None = None,
+        texts: Tensor | TowerInput | None = None,
         intermediates: bool = False,
     ) -> dict[str, Tensor]:
         """images [Bi,3,H,W], texts [Bt,3,H,W] (rendered pixels) -> dict.
@@ -302,6 +450,11 @@ class CLIPPO(nn.Module):
         Keys: "zimg" [Bi,D], "ztxt" [Bt,D] (for the inputs given), "logit_scale" [],
         "logits" [Bi,Bt] (when both are given), and with `intermediates=True` the big_vision
         names "img/encoded" [Bi,N,W], "img/pre_logits" [Bi,W], "img/logits" [Bi,D], "txt/...".
+
+        Either side may be a `TowerInput` (pixels, which rows are rendered text, their ink):
+        plain `images` are photos, plain `texts` rendered texts. Tokens are dropped as
+        `token_keep` says (ink-only texts, patch dropout on photos in training); "encoded" is
+        then the packed tokens [B,L,W].
         """
         if images is None and texts is None:
             raise ValueError("CLIPPO.forward needs images, texts or both")
@@ -309,9 +462,11 @@ class CLIPPO(nn.Module):
         extra = out if intermediates else None
         # two separate calls through the same tower, as big_vision does
         if images is not None:
-            out["zimg"] = self._tower(images, "img", extra)
+            keep = self.token_keep(images, photos=True)
+            out["zimg"] = self._tower(_pixels(images), "img", extra, keep)
         if texts is not None:
-            out["ztxt"] = self._tower(texts, "txt", extra)
+            keep = self.token_keep(texts, photos=False)
+            out["ztxt"] = self._tower(_pixels(texts), "txt", extra, keep)
         out["logit_scale"] = self.logit_scale
         if images is not None and texts is not None:
             out["logits"] = out["zimg"] @ out["ztxt"].T * out["logit_scale"]

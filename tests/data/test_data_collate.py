@@ -167,3 +167,35 @@ def test_dataloader_sharded_source_same_samples_any_workers(renderer, mixer_fact
         {f"k{i:02d}" for i in range(6)},
         {f"k{i:02d}" for i in range(6, 12)},
     )
+
+
+@pytest.mark.parametrize("patch", [16, 8])
+def test_ink_masks_agree_across_modes_and_with_the_renderer(renderer, patch):
+    """Worker collation hands the ink masks over; every mode gives the same ones on the device."""
+    p = pairs()
+    worker = PairCollate(renderer, ink_patch_size=patch)(p)
+    grid = SIZE // patch
+    assert worker["left_ink"].shape == worker["right_ink"].shape == (4, grid, grid)
+    assert worker["left_ink"][:2].all()  # photo rows: every patch counts
+    # the texts' masks by hand: a patch holds ink when any pixel differs from the background
+    texts = [p[0].text_a, p[3].text_a, "a photo", "small", "Second One", "x"]
+    images = np.stack([renderer(t) for t in texts]).astype(np.int16)
+    off = (images != renderer.config.background_brightness).any(-1)
+    want = off.reshape(6, grid, patch, grid, patch).any(axis=(2, 4))
+    assert want.any() and not want.all()
+    np.testing.assert_array_equal(worker["left_ink"][2:].numpy(), want[:2])
+    np.testing.assert_array_equal(worker["right_ink"].numpy(), want[2:])
+    if patch == 16:  # the renderer's own on-device masks
+        _, ink = renderer.render_torch(texts, "cpu", return_ink=True)
+        np.testing.assert_array_equal(ink.numpy(), want)
+    for collated in (
+        worker,
+        PairCollate(renderer, pixel_format="uint8")(p),  # collated without masks
+        PairCollate(renderer, render_on="device")(p),
+    ):
+        on_dev = to_device(collated, "cpu", renderer, ink_patch_size=patch)
+        assert torch.equal(on_dev["left_ink"], worker["left_ink"])
+        assert torch.equal(on_dev["right_ink"], worker["right_ink"])
+    assert "left_ink" not in PairCollate(renderer)(p)  # only on request
+    with pytest.raises(ValueError, match="ink_patch_size"):
+        PairCollate(renderer, ink_patch_size=5)
