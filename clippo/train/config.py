@@ -99,6 +99,9 @@ class ModelSection:
     init_from: a big_vision ImageNet-21k (or CLIPPO) `.npz` loaded with `clippo.load_image_init`.
     renderer: how texts are drawn, "unifont" (big_vision's) or "text" (`clippo.render.TextRenderer`),
     with that renderer's default settings at `image_size`; saved in the model's config.
+    ink_only_text: rendered texts keep only their inked patches (training and, by default,
+    evaluation); patch_dropout: share of photo patch tokens dropped in training (FLIP; never
+    texts). Both saved in the model's config.
     """
 
     variant: str = "B/16"
@@ -114,6 +117,8 @@ class ModelSection:
     grad_checkpointing: bool = False
     compile: bool = False
     renderer: Literal["unifont", "text"] = "unifont"
+    ink_only_text: bool = False
+    patch_dropout: float = 0.0
 
     def model_config(self) -> Any:
         """-> clippo.ModelConfig: the variant's sizes with this section's overrides."""
@@ -135,6 +140,8 @@ class ModelSection:
                 **head,
                 "temperature_init": self.temperature_init,
                 "renderer": self.renderer,
+                "ink_only_text": self.ink_only_text,
+                "patch_dropout": self.patch_dropout,
             },
             "model",
         )

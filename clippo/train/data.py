@@ -105,7 +105,10 @@ class TrainData:
         rank: int = 0,
         world_size: int = 1,
         pin_memory: bool = False,
+        ink_patch_size: int | None = None,
     ) -> None:
+        """ink_patch_size: the workers also return the texts' ink masks at this patch size
+        (for a model with `ink_only_text`; None: the step computes them on the device)."""
         size = renderer.config.image_size
         groups = {}
         for group in ("image_text", "text_pairs"):
@@ -133,7 +136,9 @@ class TrainData:
         except ValueError as e:
             raise ConfigError(f"data: {e}") from None
         # uint8 from the workers: 4x less to pass between processes and to copy to the device
-        self.collate = PairCollate(renderer, render_on=data.render_on, pixel_format="uint8")
+        self.collate = PairCollate(
+            renderer, render_on=data.render_on, pixel_format="uint8", ink_patch_size=ink_patch_size
+        )
         self.num_workers, self.prefetch = data.num_workers, data.prefetch_factor
         self.pin_memory = pin_memory
         self.rank = rank

@@ -316,6 +316,11 @@ class Trainer:
             optimizer.add_param_group(group)
         return optimizer
 
+    def _ink_patch_size(self) -> int | None:
+        """The patch size the workers compute ink masks at, for an ink-only text model."""
+        config = self.model.config
+        return config.vit.patch_size if getattr(config, "ink_only_text", False) else None
+
     def _position_data(self, data: DataFactory | None) -> DataFactory:
         """`data`, or the pipeline built from `cfg.data`, moved to the resumed position (which
         also checks that the data setup is unchanged)."""
@@ -329,6 +334,7 @@ class Trainer:
                 rank=self.dist.rank,
                 world_size=self.dist.world_size,
                 pin_memory=self.device.type == "cuda",
+                ink_patch_size=self._ink_patch_size(),
             )
         if self.state.data and hasattr(data, "load_state_dict"):
             data.load_state_dict(self.state.data)
@@ -349,6 +355,7 @@ class Trainer:
                 rank=self.dist.rank,
                 world_size=self.dist.world_size,
                 pin_memory=self.device.type == "cuda",
+                ink_patch_size=self._ink_patch_size(),
             )
         except ConfigError as e:  # TrainData names the keys as a data section's
             raise ConfigError(f"validation (its sources, built as a data section): {e}") from None

@@ -1,5 +1,5 @@
 """Two CPU processes (gloo) through `torchrun -m clippo train` on shards streamed by `pipe:`
-commands: SIGKILL mid-run, then `--resume auto`; the run finishes, its checkpoints load, and it
+commands, resampled, with patch dropout on photos: SIGKILL mid-run, then `--resume auto`; the run finishes, its checkpoints load, and it
 logs the same losses as an uninterrupted run (the stream positions of both ranks and their
 DataLoader workers are restored from the checkpoint)."""
 
@@ -30,6 +30,7 @@ CONFIG = """
 variant = "tiny-test"
 image_size = 32
 out_dim = 32
+patch_dropout = 0.5
 
 [[data.image_text]]
 kind = "webdataset"

@@ -234,3 +234,14 @@ def test_presets_leave_the_logit_scale_unclamped_and_wandb_off():
         cfg = preset(name)
         assert cfg.loop.max_logit_scale == 0.0 and not cfg.logging.wandb.enabled
         assert cfg.validation.every == 0
+
+
+def test_token_dropping_options_reach_the_model_config(tmp_path):
+    # `[model] ink_only_text / patch_dropout` in a run's TOML become the model's own options
+    # (saved in its config.json); a bad value names the key
+    cfg = load_train_config("demo", ["model.ink_only_text=true", "model.patch_dropout=0.5"])
+    model_cfg = cfg.model.model_config()
+    assert model_cfg.ink_only_text is True and model_cfg.patch_dropout == 0.5
+    assert load_train_config("demo").model.model_config().ink_only_text is False
+    with pytest.raises(ConfigError, match="patch_dropout"):
+        load_train_config("demo", ["model.patch_dropout=1.5"]).model.model_config()
