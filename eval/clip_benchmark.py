@@ -2,7 +2,7 @@
 
 CLIP_benchmark's model registry (`clip_benchmark.models.TYPE2FUNC`) maps a `--model_type` to a
 loader `(model_name, pretrained, cache_dir, device) -> (model, transform, tokenizer)`; the model
-needs `encode_image` and `encode_text`, the tokenizer turns a list of strings into what
+needs `encode_image` and `encode_text` (a `CLIPPO` has both, under open_clip's names), the tokenizer turns a list of strings into what
 `encode_text` reads. For a pixels-only model that is the renderer: `get_tokenizer(model)` maps
 strings to rendered pixels float32 [B, 3, S, S] in [-1, 1], `get_transform(model)` a PIL image to
 [3, S, S] (big_vision's zero-shot/retrieval preprocessing `resize(S)|value_range(-1, 1)`,
@@ -47,13 +47,12 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 
 from clippo.model.one_tower import CLIPPO
 
 __all__ = [
     "MODEL_TYPE",
-    "ClipBenchmarkModel",
     "ImageTransform",
     "RenderTokenizer",
     "get_tokenizer",
@@ -64,23 +63,6 @@ __all__ = [
 ]
 
 MODEL_TYPE = "clippo"  # CLIP_benchmark's --model_type
-
-
-class ClipBenchmarkModel(nn.Module):
-    """A CLIPPO model under open_clip's method names (what CLIP_benchmark calls). Both return
-    [B, D] unit vectors; texts arrive as rendered pixels (`get_tokenizer`)."""
-
-    def __init__(self, model: CLIPPO) -> None:
-        super().__init__()
-        self.model = model
-
-    def encode_image(self, pixels: Tensor) -> Tensor:
-        """Photos float [B, 3, S, S] in [-1, 1] -> [B, D]."""
-        return self.model.encode_images(pixels)
-
-    def encode_text(self, pixels: Tensor) -> Tensor:
-        """Rendered texts float [B, 3, S, S] in [-1, 1] -> [B, D] (every patch, not ink-only)."""
-        return self.model.encode(pixels)
 
 
 class ImageTransform:
@@ -116,21 +98,20 @@ class RenderTokenizer:
 
 
 def _clippo(model: Any) -> CLIPPO:
-    inner = model.model if isinstance(model, ClipBenchmarkModel) else model
-    if not isinstance(inner, CLIPPO):
+    if not isinstance(model, CLIPPO):
         raise TypeError(
-            f"expected a CLIPPO model, got {type(inner).__name__} (the token baselines read "
+            f"expected a CLIPPO model, got {type(model).__name__} (the token baselines read "
             "token ids, not rendered pixels)"
         )
-    return inner
+    return model
 
 
-def get_tokenizer(model: CLIPPO | ClipBenchmarkModel) -> RenderTokenizer:
+def get_tokenizer(model: CLIPPO) -> RenderTokenizer:
     """The renderer as CLIP_benchmark's tokenizer: list of strings -> pixels [B, 3, S, S]."""
     return RenderTokenizer(_clippo(model))
 
 
-def get_transform(model: CLIPPO | ClipBenchmarkModel) -> ImageTransform:
+def get_transform(model: CLIPPO) -> ImageTransform:
     """The image transform at the model's size S: PIL image -> [3, S, S] in [-1, 1]."""
     return ImageTransform(_clippo(model).config.vit.image_size)
 
@@ -140,7 +121,7 @@ def load(
     pretrained: str = "",
     cache_dir: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
-) -> tuple[ClipBenchmarkModel, ImageTransform, RenderTokenizer]:
+) -> tuple[CLIPPO, ImageTransform, RenderTokenizer]:
     """CLIP_benchmark's loader signature -> (model, transform, tokenizer). `pretrained`: the
     checkpoint (big_vision `.npz`, `CLIPPO.save` folder, trainer checkpoint); `model_name` is
     a label; `cache_dir` is accepted and unused (nothing downloads). The model is in eval mode
@@ -158,8 +139,8 @@ def load(
             f"{pretrained}: a {type(model).__name__} checkpoint; CLIP_benchmark's clippo loader "
             "runs pixels-only CLIPPO models"
         )
-    wrapped = ClipBenchmarkModel(model).to(device).eval()
-    return wrapped, get_transform(model), get_tokenizer(model)
+    model = model.to(device).eval()
+    return model, get_transform(model), get_tokenizer(model)
 
 
 def register(name: str = MODEL_TYPE) -> None:

@@ -388,6 +388,15 @@ class CLIPPO(nn.Module):
         dropout in training mode (`config.patch_dropout`; every patch in eval mode)."""
         return self._tower(pixels, "img", None, self.token_keep(pixels, photos=True))
 
+    def encode_image(self, pixels: Tensor) -> Tensor:
+        """open_clip's name for `encode_images` (what CLIP_benchmark calls): [B,3,H,W] -> [B,D]."""
+        return self.encode_images(pixels)
+
+    def encode_text(self, pixels: Tensor) -> Tensor:
+        """open_clip's name, for texts already rendered (`clippo.eval.clip_benchmark`'s
+        tokenizer): float [B,3,H,W] in [-1,1] -> [B,D], ink-only when the model was trained so."""
+        return self.encode(pixels, self.ink_of(pixels) if self.config.ink_only_text else None)
+
     def ink_of(self, pixels: Tensor) -> Tensor:
         """Rendered texts float [B,3,H,W] -> bool [B, H/p, W/p]: the patches of this model's
         grid holding any pixel other than its renderer's background (`ink_patches`)."""

@@ -56,7 +56,7 @@ def _captions_collate(batch):
 
 
 def _wrapped(model):
-    return cb.ClipBenchmarkModel(model).eval()
+    return model.eval()  # CLIPPO has open_clip's encode_image / encode_text itself
 
 
 def _no_ties(scores: torch.Tensor) -> None:

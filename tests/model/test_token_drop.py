@@ -175,6 +175,16 @@ def test_option_is_saved_and_evaluation_follows_it(fixture_model, tmp_path):
         assert torch.allclose(fixture_model.encode_texts(TEXTS), dense, atol=1e-6)  # default off
 
 
+def test_open_clip_names_follow_the_model(fixture_model, noise_images):
+    # encode_text / encode_image (what CLIP_benchmark calls) encode as the model was trained
+    model = with_options(fixture_model, ink_only_text=True)
+    pixels = model.render_texts(TEXTS)
+    with torch.no_grad():
+        assert torch.allclose(model.encode_text(pixels), model.encode_texts(TEXTS), atol=1e-6)
+        assert torch.allclose(fixture_model.encode_text(pixels), fixture_model.encode(pixels))
+        assert torch.equal(model.encode_image(noise_images), model.encode_images(noise_images))
+
+
 def test_eval_encoders_follow_the_model_unless_told(fixture_model):
     from clippo.eval.encoders import as_encoders
 
