@@ -551,10 +551,7 @@ class TextRenderer:
         table = self._colour_table()
         out = np.empty((len(lay.placed), h, w, 3), np.uint8)
         bg = table[0]
-        if bg[0] == bg[1] == bg[2]:
-            out.fill(bg[0])  # a plain memset, many times faster than broadcasting a triple
-        else:
-            out[...] = bg
+        grey = bg[0] == bg[1] == bg[2]
         # Each channel's colour is monotonic in coverage, so max-blending coverage and then
         # colouring equals blending the coloured bitmaps by that channel's min (ink darker than
         # the background) or max: words are composited in colour, with no pass over the canvas.
@@ -563,9 +560,18 @@ class TextRenderer:
         channels = [(c, np.minimum if darker[c] < 0 else np.maximum) for c in range(3) if darker[c]]
         whole = len(channels) == 3 and all(op_c is channels[0][1] for _, op_c in channels)
         if not channels:  # text in the background's colour: nothing shows
+            if grey:
+                out.fill(bg[0])
+            else:
+                out[...] = bg
             return out
         op = channels[0][1]
         for canvas, placed in zip(out, lay.placed):
+            # each canvas filled just before its words go in: they land in cache-hot memory
+            if grey:
+                canvas.fill(bg[0])  # a plain memset, many times faster than broadcasting a triple
+            else:
+                canvas[...] = bg
             # `clear_top`: rows below every earlier line's bitmaps; `clear_left`: columns right
             # of the earlier bitmaps of this line (words are placed left to right per line)
             clear_top, clear_left, line_y, line_bottom = 0, 0, None, 0
