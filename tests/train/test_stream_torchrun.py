@@ -1,5 +1,6 @@
-"""Two CPU processes (gloo) through `torchrun -m clippo train` on shards streamed by `pipe:`
-commands, resampled, with patch dropout on photos: SIGKILL mid-run, then `--resume auto`; the run finishes, its checkpoints load, and it
+"""Two CPU processes (gloo) through `torchrun -m clippo train`, on shards streamed by `pipe:`
+commands (resampled, with patch dropout on photos) and on local seekable shards (the exact
+order): SIGKILL mid-run, then `--resume auto`; the run finishes, its checkpoints load, and it
 logs the same losses as an uninterrupted run (the stream positions of both ranks and their
 DataLoader workers are restored from the checkpoint)."""
 
@@ -30,15 +31,15 @@ CONFIG = """
 variant = "tiny-test"
 image_size = 32
 out_dim = 32
-patch_dropout = 0.5
+patch_dropout = {patch_dropout}
 
 [[data.image_text]]
 kind = "webdataset"
-path = "pipe:sleep 0.2 && cat {shards}/s-{{0..5}}.tar"
+path = "{path}"
 
 [data]
 num_workers = 1
-resampled = true
+resampled = {resampled}
 
 [optim]
 name = "adamw"
@@ -110,13 +111,24 @@ def losses(run_dir: Path) -> list[tuple[int, float]]:
 
 
 @pytest.mark.slow
-def test_torchrun_streamed_sigkill_then_resume_auto(tmp_path):
+@pytest.mark.parametrize(
+    "streamed",
+    [True, False],
+    ids=["pipe-resampled-patch-dropout", "local-seekable-exact-order"],
+)
+def test_torchrun_sigkill_then_resume_auto(tmp_path, streamed):
     shards = tmp_path / "shards"
     shards.mkdir()
     write_shards(shards)
     toml = tmp_path / "run.toml"
+    local = f"{shards}/s-{{0..5}}.tar"
     toml.write_text(
-        CONFIG.format(shards=shards, steps=STEPS),
+        CONFIG.format(
+            path=f"pipe:sleep 0.2 && cat {local}" if streamed else local,
+            resampled=str(streamed).lower(),
+            patch_dropout=0.5 if streamed else 0.0,
+            steps=STEPS,
+        ),
         encoding="utf-8",
     )
     ref = tmp_path / "reference"
@@ -146,9 +158,11 @@ def test_torchrun_streamed_sigkill_then_resume_auto(tmp_path):
     ckpts = list_checkpoints(killed)
     assert ckpts[-1][0] == STEPS
     state = json.loads((ckpts[-1][1] / STATE_FILE).read_text())
-    # both ranks' stream cursors (rank -> virtual worker -> source -> [samples, k, done])
-    assert set(state["data"]["streams"]) == {"0", "1"}
-    assert state["data"]["fingerprint"]["config"]["resampled"] is True
+    if (
+        streamed
+    ):  # both ranks' stream cursors (rank -> virtual worker -> source -> [samples, k, done])
+        assert set(state["data"]["streams"]) == {"0", "1"}
+    assert state["data"]["fingerprint"]["config"]["resampled"] is streamed
     for _, path in ckpts:  # every checkpoint loads as a model
         assert clippo.load(path) is not None
     # the resumed run saw the data of the uninterrupted one: the same loss at every step
