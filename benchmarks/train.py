@@ -31,7 +31,9 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -116,7 +118,7 @@ def make_config(
     )
 
 
-def time_steps(trainer: Trainer, batches, warmup: int, steps: int) -> list[float]:
+def time_steps(trainer: Trainer, batches: Iterator[Any], warmup: int, steps: int) -> list[float]:
     """Seconds per optimiser step (data wait included), after `warmup` untimed steps."""
     times = []
     for i in range(warmup + steps):
@@ -127,7 +129,9 @@ def time_steps(trainer: Trainer, batches, warmup: int, steps: int) -> list[float
     return times
 
 
-def bench_training(variant: str, batch: int, device: str, args, csv_path: Path, tmp: Path) -> dict:
+def bench_training(
+    variant: str, batch: int, device: str, args: argparse.Namespace, csv_path: Path, tmp: Path
+) -> dict:
     data = DataConfig(
         image_text=(SourceConfig(kind="csv", path=str(csv_path)),),
         text_pairs=(SourceConfig(kind="synthetic_paraphrase"),),
@@ -143,7 +147,7 @@ def bench_training(variant: str, batch: int, device: str, args, csv_path: Path, 
     trainer = Trainer(cfg, lambda start: iter(()), [], None)
     fixed = tuple(x.to(trainer.device) for x in fixed)
 
-    def repeat():
+    def repeat() -> Iterator[tuple[torch.Tensor, ...]]:
         while True:
             yield fixed
 
@@ -185,7 +189,9 @@ TOKEN_DROP = {  # row name -> ModelConfig options
 }
 
 
-def bench_token_drop(variant: str, batch: int, device: str, args, tmp: Path) -> list[dict]:
+def bench_token_drop(
+    variant: str, batch: int, device: str, args: argparse.Namespace, tmp: Path
+) -> list[dict]:
     """Seconds per optimiser step of each `TOKEN_DROP` setting on the same collated batch."""
     renderer = UnifontRenderer()
     ds = synthetic.SyntheticImageText(synthetic.SyntheticConfig(image_size=224))
@@ -281,6 +287,9 @@ def main() -> None:
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     args = parser.parse_args()
     tables = args.tables.split(",")
+    unknown = sorted(set(tables) - {"pipeline", "token-drop"})
+    if unknown:  # a misspelt table would otherwise print nothing at the end of a long run
+        parser.error(f"--tables: unknown {unknown} (pipeline, token-drop)")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -311,7 +320,16 @@ def main() -> None:
         print_pipeline(rows, stages, args)
 
 
-def print_token_drop(rows: list[dict], args) -> None:
+def print_table(head: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """A Markdown table: the header `head`, then one line per row of cells."""
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for cells in rows:
+        print("| " + " | ".join(str(c) for c in cells) + " |")
+
+
+def print_token_drop(rows: list[dict], args: argparse.Namespace) -> None:
+    """The token-dropping table (Markdown) of `bench_token_drop` rows."""
     print(
         f"\ntoken dropping, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{args.precision}, AdamW, same batch of ~50-character captions (25% text/text), median of "
@@ -328,24 +346,27 @@ def print_token_drop(rows: list[dict], args) -> None:
         "pairs/s",
         "vs dense",
     )
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
-    for r in rows:
-        cells = (
-            r["device"],
-            r["variant"],
-            r["batch"],
-            r["setting"],
-            f"{r['text_tokens']:.1f}",
-            r["photo_tokens"],
-            f"{r['step']:.3f}",
-            f"{r['pps']:.1f}",
-            f"{r['speedup']:.2f}x",
-        )
-        print("| " + " | ".join(str(c) for c in cells) + " |")
+    print_table(
+        head,
+        [
+            (
+                r["device"],
+                r["variant"],
+                r["batch"],
+                r["setting"],
+                f"{r['text_tokens']:.1f}",
+                r["photo_tokens"],
+                f"{r['step']:.3f}",
+                f"{r['pps']:.1f}",
+                f"{r['speedup']:.2f}x",
+            )
+            for r in rows
+        ],
+    )
 
 
-def print_pipeline(rows: list[dict], stages: dict[str, float], args) -> None:
+def print_pipeline(rows: list[dict], stages: dict[str, float], args: argparse.Namespace) -> None:
+    """The pipeline table (Markdown) of `bench_training` rows, then the loader stages."""
     print(
         f"\ntorch {torch.__version__}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, "
         f"{args.precision}, AdamW, render on {args.render_on}, "
@@ -365,28 +386,31 @@ def print_pipeline(rows: list[dict], stages: dict[str, float], args) -> None:
         "MFU model",
         "MFU pipeline",
     )
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
-    for r in rows:
-        cells = (
-            r["device"],
-            r["variant"],
-            r["batch"],
-            r["workers"],
-            f"{r['model_step']:.3f}",
-            f"{r['model_pps']:.1f}",
-            f"{r['pipe_step']:.3f}",
-            f"{r['pipe_pps']:.1f}",
-            f"{r['overhead']:+.1%}",
-            f"{r['tflops']:.3f}",
-            f"{r['mfu']:.1%}" if r["mfu"] is not None else "-",
-            f"{r['pipe_mfu']:.1%}" if r["pipe_mfu"] is not None else "-",
-        )
-        print("| " + " | ".join(str(c) for c in cells) + " |")
+    print_table(
+        head,
+        [
+            (
+                r["device"],
+                r["variant"],
+                r["batch"],
+                r["workers"],
+                f"{r['model_step']:.3f}",
+                f"{r['model_pps']:.1f}",
+                f"{r['pipe_step']:.3f}",
+                f"{r['pipe_pps']:.1f}",
+                f"{r['overhead']:+.1%}",
+                f"{r['tflops']:.3f}",
+                f"{r['mfu']:.1%}" if r["mfu"] is not None else "-",
+                f"{r['pipe_mfu']:.1%}" if r["pipe_mfu"] is not None else "-",
+            )
+            for r in rows
+        ],
+    )
     print("\nloader stages, one CPU process, ms per item:")
-    print("| decode+resize (per image) | render (per text) | collate (per pair) |")
-    print("|---|---|---|")
-    print(f"| {stages['decode']:.2f} | {stages['render']:.2f} | {stages['collate']:.3f} |")
+    print_table(
+        ("decode+resize (per image)", "render (per text)", "collate (per pair)"),
+        [(f"{stages['decode']:.2f}", f"{stages['render']:.2f}", f"{stages['collate']:.3f}")],
+    )
     per_pair = (
         0.75 * (stages["decode"] + stages["render"])
         + 0.25 * 2 * stages["render"]

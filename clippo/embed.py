@@ -387,6 +387,7 @@ class ClipRetrievalRun:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def summary(self, out: str | os.PathLike) -> str:
+        """The run's report for stderr: parts written and resumed, rows, skipped inputs."""
         lines = [
             f"{out}: {self.parts} parts ({self.written} written, {self.resumed} already there), "
             f"{self.rows} rows embedded now"

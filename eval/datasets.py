@@ -22,7 +22,7 @@ import csv
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -33,14 +33,17 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from clippo.data.images import IMAGE_SUFFIXES, list_images, load_image
-from clippo.errors import read_utf8
+from clippo.errors import DataError, read_utf8
 from clippo.prompts import template_slot
 
 __all__ = [
     "CaptionedImages",
+    "CaptionRows",
     "LabelledImages",
     "evenly_spaced",
     "read_pairs",
+    "read_json",
+    "jsonl_rows",
     "read_imagefolder",
     "read_cifar100",
     "read_cifar100_bin",
@@ -71,6 +74,7 @@ class EncodedImages:
         return item
 
     def take(self, keep: np.ndarray) -> EncodedImages:
+        """Only rows `keep` (int [K]), in that order; nothing is decoded."""
         return EncodedImages(self.table, self.rows[keep])
 
 
@@ -133,6 +137,59 @@ class CaptionedImages:
         )
 
 
+class CaptionRows:
+    """The texts of a CaptionedImages gathered image by image, as every retrieval reader builds
+    them: texts [M], the image id of each [M] and, for a multilingual set, its language [M]."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.ids: list[int] = []
+        self.langs: list[str] = []
+
+    def add(self, image_id: int, captions: Sequence[str], lang: str | None = None) -> None:
+        """Captions of image `image_id` (in `lang`, when the set has languages)."""
+        self.texts += captions
+        self.ids += [image_id] * len(captions)
+        if lang is not None:
+            self.langs += [lang] * len(captions)
+
+    def captioned(self, images: ImageSource, names: Sequence[str], source: str) -> CaptionedImages:
+        """The CaptionedImages of `images` (N) named `names` (N), read from `source`."""
+        return CaptionedImages(
+            images=images,
+            names=tuple(names),
+            texts=tuple(self.texts),
+            image_ids_for_text=np.asarray(self.ids, dtype=np.int64),
+            source=source,
+            text_languages=tuple(self.langs),
+        )
+
+
+def read_json(path: Path, missing: str) -> Any:
+    """The parsed JSON file `path`: FileNotFoundError(`missing`) if there is none, DataError naming
+    file and line if it is not JSON."""
+    if not path.is_file():
+        raise FileNotFoundError(missing)
+    try:
+        return json.loads(read_utf8(path))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+
+
+def jsonl_rows(path: Path, text: str) -> Iterator[tuple[Any, str]]:
+    """(object, "path:line") per non-blank line of the JSON-lines `text` read from `path`."""
+    # lines as a text-mode file gives them (not splitlines: JSON may hold a raw U+2028)
+    for lineno, line in enumerate(io.StringIO(text, newline=None), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: not JSON ({e.msg})") from None
+        yield obj, where
+
+
 @dataclass(frozen=True, eq=False)
 class LabelledImages:
     """Classification data: images (N files, uint8 [N, H, W, 3] or EncodedImages), labels int64
@@ -149,6 +206,7 @@ class LabelledImages:
         return len(self.names)
 
     def subset(self, keep: Sequence[int] | np.ndarray) -> LabelledImages:
+        """Only images `keep` (in that order), with their labels and names."""
         keep = np.asarray(keep, dtype=np.int64)
         return replace(
             self,
@@ -187,15 +245,7 @@ def _pair_rows(
     rows: list[tuple[str, str | list, str]] = []
     text = read_utf8(path)  # a non-UTF-8 file is an error naming file and line
     if suffix in (".jsonl", ".json"):
-        # lines as a text-mode file gives them (not splitlines: JSON may hold a raw U+2028)
-        for lineno, line in enumerate(io.StringIO(text, newline=None), 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not JSON ({e.msg})") from None
+        for obj, where in jsonl_rows(path, text):
             if not isinstance(obj, dict):
                 raise ValueError(f"{where}: expected a JSON object per line")
             for key in (image_column, caption_column):
@@ -246,8 +296,7 @@ def read_pairs(
     index: dict[Path, int] = {}
     files: list[Path] = []
     names: list[str] = []
-    texts: list[str] = []
-    ids: list[int] = []
+    rows = CaptionRows()
     for image, caption, where in _pair_rows(path, image_column, caption_column):
         if not isinstance(image, str) or not image.strip():
             raise ValueError(f"{where}: empty or non-text image path {image!r}")
@@ -264,17 +313,10 @@ def read_pairs(
             index[key] = len(files)
             files.append(key)
             names.append(image)
-        texts += captions
-        ids += [index[key]] * len(captions)
+        rows.add(index[key], captions)
     if not files:
         raise ValueError(f"{path}: no (image, caption) rows")
-    return CaptionedImages(
-        images=tuple(files),
-        names=tuple(names),
-        texts=tuple(texts),
-        image_ids_for_text=np.asarray(ids, dtype=np.int64),
-        source=str(path),
-    )
+    return rows.captioned(tuple(files), names, str(path))
 
 
 # ---- classification ------------------------------------------------------------------------------

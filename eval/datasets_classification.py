@@ -37,6 +37,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -51,6 +52,7 @@ from clippo.eval.datasets import (
 
 __all__ = [
     "CLASSIFICATION_KINDS",
+    "ClassificationKind",
     "bundled_class_names",
     "imagenet_wnids",
     "classification_source",
@@ -61,7 +63,7 @@ __all__ = [
     "read_pets",
 ]
 
-CLASSIFICATION_KINDS = (
+ClassificationKind = Literal[
     "imagefolder",
     "imagenet_folder",
     "imagenet_val",
@@ -69,7 +71,8 @@ CLASSIFICATION_KINDS = (
     "cifar100",
     "pets",
     "hf",
-)
+]
+CLASSIFICATION_KINDS: tuple[str, ...] = get_args(ClassificationKind)
 _VAL_NAME = re.compile(r"^ILSVRC2012_val_(\d{8})\.JPEG$", re.IGNORECASE)
 IMAGENET_VAL_LAYOUT = (
     "the flat ImageNet validation folder (ILSVRC2012_val_00000001.JPEG ...) with "

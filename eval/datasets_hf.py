@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from clippo.eval.datasets import CaptionedImages, EncodedImages, LabelledImages
+from clippo.eval.datasets import CaptionedImages, CaptionRows, EncodedImages, LabelledImages
 
 __all__ = ["read_hf_captions", "read_hf_labels"]
 
@@ -150,8 +150,7 @@ def read_hf_captions(
     a list of strings; every caption is kept)."""
     cols, _, root = _table(path, split, [image_column, caption_column])
     captions = _values(cols[caption_column])
-    texts: list[str] = []
-    ids: list[int] = []
+    rows = CaptionRows()
     for row, cell in enumerate(captions):
         caps = cell if isinstance(cell, list) else [cell]
         if isinstance(cell, dict) and "raw" in cell:  # Karpathy-style {"raw": ...}
@@ -160,19 +159,16 @@ def read_hf_captions(
             c = c.get("raw") if isinstance(c, dict) else c
             if not isinstance(c, str) or not c.strip():
                 raise ValueError(f"{path}: row {row}: empty or non-text caption {c!r:.80}")
-            texts.append(c.strip())
-            ids.append(row)
+            rows.add(row, [c.strip()])
         if not caps:
             raise ValueError(f"{path}: row {row}: no caption")
     if not captions:
         raise ValueError(f"{path}: split {split!r} has no rows")
     n = len(captions)
-    return CaptionedImages(
-        images=EncodedImages(_Column(cols[image_column], root, str(path)), np.arange(n)),
-        names=tuple(f"{Path(path).name}[{i}]" for i in range(n)),
-        texts=tuple(texts),
-        image_ids_for_text=np.asarray(ids, dtype=np.int64),
-        source=str(path),
+    return rows.captioned(
+        EncodedImages(_Column(cols[image_column], root, str(path)), np.arange(n)),
+        [f"{Path(path).name}[{i}]" for i in range(n)],
+        str(path),
     )
 
 

@@ -23,7 +23,6 @@ suite decodes it. A missing split file or image folder is an error naming the ex
 from __future__ import annotations
 
 import io
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from clippo.errors import read_utf8
-from clippo.eval.datasets import CaptionedImages
+from clippo.eval.datasets import CaptionedImages, CaptionRows, jsonl_rows, read_json
 
 __all__ = ["TranslationPairs", "read_karpathy", "read_xm3600", "read_translations"]
 
@@ -54,15 +53,6 @@ def _image_root(image_root: str | os.PathLike, layout: str) -> Path:
     return root
 
 
-def _json_file(path: Path, layout: str) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file (expected {layout})")
-    try:
-        return json.loads(read_utf8(path))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
-
-
 def _captions(value: Any, where: str) -> list[str]:
     if not isinstance(value, list) or not value:
         raise ValueError(f"{where}: expected a non-empty list of captions, got {value!r:.80}")
@@ -78,15 +68,14 @@ def read_karpathy(
     """Karpathy's COCO/Flickr30k split file -> CaptionedImages of one split (default "test":
     5,000 COCO or 1,000 Flickr30k images), every caption kept, images in file order."""
     path = Path(path)
-    data = _json_file(path, KARPATHY_LAYOUT)
+    data = read_json(path, f"{path}: no such file (expected {KARPATHY_LAYOUT})")
     root = _image_root(image_root, KARPATHY_LAYOUT)
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, list):
         raise ValueError(f"{path}: no images[] list (expected {KARPATHY_LAYOUT})")
     files: list[Path] = []
     names: list[str] = []
-    texts: list[str] = []
-    ids: list[int] = []
+    rows = CaptionRows()
     splits: set[str] = set()
     for i, im in enumerate(images):
         where = f"{path}: images[{i}]"
@@ -108,19 +97,12 @@ def read_karpathy(
             raws.append(s["raw"])
         captions = _captions(raws, where)
         name = "/".join(p for p in (str(im.get("filepath", "")), str(im["filename"])) if p)
-        ids += [len(files)] * len(captions)
-        texts += captions
+        rows.add(len(files), captions)
         files.append(root / name)
         names.append(name)
     if not files:
         raise ValueError(f"{path}: no images in split {split!r} (splits: {sorted(splits)})")
-    return CaptionedImages(
-        images=tuple(files),
-        names=tuple(names),
-        texts=tuple(texts),
-        image_ids_for_text=np.asarray(ids, dtype=np.int64),
-        source=str(path),
-    )
+    return rows.captioned(tuple(files), names, str(path))
 
 
 def read_xm3600(
@@ -140,18 +122,9 @@ def read_xm3600(
     text = read_utf8(path)
     files: list[Path] = []
     names: list[str] = []
-    texts: list[str] = []
-    langs: list[str] = []
-    ids: list[int] = []
+    rows = CaptionRows()
     chosen = list(languages) if languages else None
-    for lineno, line in enumerate(io.StringIO(text, newline=None), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: not JSON ({e.msg})") from None
+    for obj, where in jsonl_rows(path, text):
         if not isinstance(obj, dict) or not isinstance(obj.get("image/key"), str):
             raise ValueError(f'{where}: expected an object with "image/key" ({XM3600_LAYOUT})')
         present = [k for k, v in obj.items() if isinstance(v, dict) and "caption" in v]
@@ -162,23 +135,13 @@ def read_xm3600(
         for lang in chosen:
             if lang not in present:
                 raise ValueError(f"{where}: no captions in language {lang!r} (has {present})")
-            captions = _captions(obj[lang]["caption"], f"{where}: {lang}")
-            texts += captions
-            langs += [lang] * len(captions)
-            ids += [len(files)] * len(captions)
+            rows.add(len(files), _captions(obj[lang]["caption"], f"{where}: {lang}"), lang)
         key = obj["image/key"]
         files.append(root / f"{key}.jpg")
         names.append(f"{key}.jpg")
     if not files:
         raise ValueError(f"{path}: no records (expected {XM3600_LAYOUT})")
-    return CaptionedImages(
-        images=tuple(files),
-        names=tuple(names),
-        texts=tuple(texts),
-        image_ids_for_text=np.asarray(ids, dtype=np.int64),
-        source=str(path),
-        text_languages=tuple(langs),
-    )
+    return rows.captioned(tuple(files), names, str(path))
 
 
 # ---- text->text: translation pairs ------------------------------------------------------------
@@ -198,6 +161,7 @@ class TranslationPairs:
         return len(self.src)
 
     def subset(self, keep: Sequence[int] | np.ndarray) -> TranslationPairs:
+        """Only pairs `keep` (in that order)."""
         keep = np.asarray(keep, dtype=np.int64)
         return TranslationPairs(
             tuple(self.src[i] for i in keep),

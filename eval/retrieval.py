@@ -76,6 +76,11 @@ def _embeddings(
     return zimg, ztxt
 
 
+def _both_ways(*directions: tuple[str, dict[int, float]]) -> dict[str, float]:
+    """{"<direction>/r@<k>": recall} over each (direction, {k: recall}): the one metric naming."""
+    return {f"{name}/r@{k}": v for name, recalls in directions for k, v in recalls.items()}
+
+
 def retrieval_metrics(
     sim_img_txt: np.ndarray, image_ids_for_text: np.ndarray, ks: Sequence[int] = (1, 5, 10)
 ) -> dict[str, float]:
@@ -83,9 +88,7 @@ def retrieval_metrics(
     ids = _check_ids(image_ids_for_text, np.asarray(sim_img_txt).shape[0])
     i2t = image_to_text_recall(sim_img_txt, ids, ks)
     t2i = text_to_image_recall(sim_img_txt, ids, ks)
-    out = {f"img2txt/r@{k}": v for k, v in i2t.items()}
-    out.update({f"txt2img/r@{k}": v for k, v in t2i.items()})
-    return out
+    return _both_ways(("img2txt", i2t), ("txt2img", t2i))
 
 
 def retrieval_recalls(
@@ -106,9 +109,7 @@ def retrieval_recalls(
     own = np.arange(len(zimg))
     i2t = recall_from_ranks(ranks_by_group(zimg, ztxt, own, ids, max_elements=max_scores), ks)
     t2i = recall_from_ranks(ranks_by_group(ztxt, zimg, ids, own, max_elements=max_scores), ks)
-    out = {f"img2txt/r@{k}": v for k, v in i2t.items()}
-    out.update({f"txt2img/r@{k}": v for k, v in t2i.items()})
-    return out
+    return _both_ways(("img2txt", i2t), ("txt2img", t2i))
 
 
 def translation_recalls(
@@ -134,9 +135,9 @@ def translation_recalls(
     tg, sg = tgt_group.ravel(), src_group.ravel()
     s2t = ranks_by_group(src_embeddings, tgt_embeddings, tg, tg, max_elements=max_scores)
     t2s = ranks_by_group(tgt_embeddings, src_embeddings, sg, sg, max_elements=max_scores)
-    out = {f"src2tgt/r@{k}": v for k, v in recall_from_ranks(s2t, ks).items()}
-    out.update({f"tgt2src/r@{k}": v for k, v in recall_from_ranks(t2s, ks).items()})
-    return out
+    return _both_ways(
+        ("src2tgt", recall_from_ranks(s2t, ks)), ("tgt2src", recall_from_ranks(t2s, ks))
+    )
 
 
 def evaluate_retrieval(

@@ -6,39 +6,20 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
+from clippo.eval.datasets_classification import ClassificationKind
 from clippo.prompts import template_slot
 from clippo.typed_config import ConfigError, from_dict
 
 __all__ = ["EvalSpec", "Format", "specs_from_tables", "RETRIEVAL_FORMATS", "ZEROSHOT_FORMATS"]
 
-Format = Literal[
-    "auto",
-    "pairs",
-    "karpathy",
-    "xm3600",
-    "hf",
-    "translations",
-    "imagefolder",
-    "imagenet_folder",
-    "imagenet_val",
-    "cifar10",
-    "cifar100",
-    "pets",
-]
-
-RETRIEVAL_FORMATS = ("auto", "pairs", "karpathy", "xm3600", "hf", "translations")
-ZEROSHOT_FORMATS = (
-    "auto",
-    "imagefolder",
-    "imagenet_folder",
-    "imagenet_val",
-    "cifar10",
-    "cifar100",
-    "pets",
-    "hf",
-)
+# the layouts each kind reads; "auto" picks one from the path (see EvalSpec)
+RetrievalFormat = Literal["auto", "pairs", "karpathy", "xm3600", "hf", "translations"]
+ZeroshotFormat = Literal["auto", ClassificationKind]
+Format = Literal[RetrievalFormat, ZeroshotFormat]
+RETRIEVAL_FORMATS: tuple[str, ...] = get_args(RetrievalFormat)
+ZEROSHOT_FORMATS: tuple[str, ...] = get_args(ZeroshotFormat)
 
 _EVAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -126,9 +107,14 @@ class EvalSpec:
                 raise ValueError("templates: an empty list")
             for t in self.templates:
                 if not isinstance(t, str):
-                    raise ValueError(f"template {t!r} must be a string with one '{{}}'")
-            # CLIP_benchmark's "{c}" slot is read as "{}"; a bad template raises here
-            object.__setattr__(self, "templates", tuple(template_slot(t) for t in self.templates))
+                    raise ValueError(f"templates: {t!r} must be a string with one '{{}}'")
+            # CLIP_benchmark's "{c}" slot is read as "{}"; a bad template raises here, and the
+            # message names the key (the TOML loader prefixes the table: "eval.0: templates: ...")
+            try:
+                slots = tuple(template_slot(t) for t in self.templates)
+            except ValueError as e:
+                raise ValueError(f"templates: {e}") from None
+            object.__setattr__(self, "templates", slots)
         elif not self.templates:
             raise ValueError("templates must be 'clip_paper', 'clip_best', a file or a list")
 

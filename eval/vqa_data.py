@@ -25,6 +25,7 @@ import numpy as np
 
 from clippo.atomic import write_json_atomic
 from clippo.errors import DataError, read_utf8
+from clippo.eval.datasets import read_json
 from clippo.eval.vqa_metric import normalize_answer
 
 __all__ = [
@@ -97,12 +98,7 @@ def results_file(out_dir: str | Path, split: str) -> Path:
 
 
 def _load_json(path: Path, what: str, split: str) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"VQAv2 {split}: no {what} file {path} (expected layout: {LAYOUT})")
-    try:
-        return json.loads(read_utf8(path))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    return read_json(path, f"VQAv2 {split}: no {what} file {path} (expected layout: {LAYOUT})")
 
 
 def _field(obj: Any, key: str, kind: type, where: str) -> Any:

@@ -160,33 +160,12 @@ def test_texts_and_pairs(tiny, tmp_path):
 def test_embed_command_clip_retrieval(tiny, tmp_path, capsys):
     model, root = tiny
     out = tmp_path / "emb"
-    argv = [
-        "embed",
-        "--model",
-        str(root / "model"),
-        "--images",
-        str(root / "imgs"),
-        "--layout",
-        "clip-retrieval",
-        "--out",
-        str(out),
-        "--part-size",
-        "5",
-        "--num-workers",
-        "0",
-    ]
-    assert cli_main(argv) == 0
+    images = ["embed", "--model", str(root / "model"), "--images", str(root / "imgs")]
+    layout = ["--layout", "clip-retrieval", "--part-size", "5", "--num-workers", "0"]
+    assert cli_main([*images, *layout, "--out", str(out)]) == 0
     assert (out / "img_emb" / "img_emb_1.npy").is_file()
     assert "2 parts (2 written, 0 already there)" in capsys.readouterr().err
-    argv = [
-        "embed",
-        "--model",
-        str(root / "model"),
-        "--images",
-        str(root / "imgs"),
-        "--out",
-        str(tmp_path / "x.txt"),
-    ]
+    argv = [*images, "--out", str(tmp_path / "x.txt")]
     with pytest.raises(SystemExit):  # a usage error, as before the layouts
         cli_main(argv)
     assert "must end in .npy or .parquet" in capsys.readouterr().err

@@ -315,9 +315,14 @@ class _IterUnit:
         return (self.unit[i] for i in range(len(self.unit)))
 
     def close(self) -> None:
-        close = getattr(self.unit, "close", None)
-        if close is not None:
-            close()
+        _close(self.unit)
+
+
+def _close(reader: object) -> None:
+    """Close a unit reader that has `close()` (open files, pipes); others hold nothing open."""
+    close = getattr(reader, "close", None)
+    if close is not None:
+        close()
 
 
 def _partition_units(num_units: int, part: int, num_parts: int) -> tuple[list[int], int, int]:
@@ -325,6 +330,27 @@ def _partition_units(num_units: int, part: int, num_parts: int) -> tuple[list[in
     if num_units >= num_parts:
         return list(range(part, num_units, num_parts)), 1, 0
     return list(range(num_units)), num_parts, part
+
+
+def _unit_order(
+    source: ShardedSource, units: list[int], seed: int, label: str, epoch: int
+) -> list[int]:
+    """The order in which a partition reads its `units` in `epoch` (both modes)."""
+    if not source.shuffle:
+        return units
+    # not seeded by `part`: when partitions share units (stride > 1) they need one order
+    perm = seeded_rng(seed, label, "units", epoch).permutation(len(units))
+    return [units[int(i)] for i in perm]
+
+
+def _no_records(
+    source: ShardedSource, label: str, part: int, num_parts: int, n_units: int, stats: SkipStats
+) -> DataError:
+    """The error for a partition that read all its units and found no good record."""
+    return DataError(
+        f"source {label!r} ({source_files(source)}): partition {part} of {num_parts} has "
+        f"no records ({n_units} units read); {stats.why(label)}"
+    )
 
 
 def _sharded_records(
@@ -347,11 +373,7 @@ def _sharded_records(
         if per_epoch is not None and skip >= per_epoch:
             whole, skip = divmod(skip, per_epoch)
             epoch, position = epoch + whole, position + whole * per_epoch
-        order = units
-        if source.shuffle:
-            # not seeded by `part`: when partitions share units (stride > 1) they need one order
-            perm = seeded_rng(seed, label, "units", epoch).permutation(len(units))
-            order = [units[i] for i in perm]
+        order = _unit_order(source, units, seed, label, epoch)
         j = 0  # index of the unit's first record in this epoch's concatenation (for the stride)
         selected = 0
         for unit in order:
@@ -370,9 +392,10 @@ def _sharded_records(
             try:
                 n = len(reader)
                 if lengths.setdefault(unit, n) != n:
-                    raise RuntimeError(
-                        f"source {label!r}: unit {unit} has {n} records, "
-                        f"but unit_length said {lengths[unit]}"
+                    # a file changed under a running job: positions would no longer resume
+                    raise DataError(
+                        f"source {label!r} ({source_files(source)}): unit {unit} has {n} "
+                        f"records, but unit_length said {lengths[unit]}"
                     )
                 for kind, message in getattr(reader, "problems", ()):
                     stats.add(label, kind, message)
@@ -388,14 +411,9 @@ def _sharded_records(
                 selected += len(chosen)
                 j += n
             finally:
-                close = getattr(reader, "close", None)
-                if close is not None:
-                    close()
+                _close(reader)
         if selected == 0:
-            raise DataError(
-                f"source {label!r} ({source_files(source)}): partition {part} of {num_parts} has "
-                f"no records ({len(units)} units read); {stats.why(label)}"
-            )
+            raise _no_records(source, label, part, num_parts, len(units), stats)
         per_epoch = selected
         epoch += 1
 
@@ -436,13 +454,9 @@ def _stream_records(
         if resampled:
             return int(seeded_rng(seed, label, "resample", part, k).integers(n_all))
         epoch, i = divmod(k, len(units))
-        if not source.shuffle:
-            return units[i]
         if epoch not in orders:
             orders.clear()
-            # not seeded by `part`: when partitions share units (stride > 1) they need one order
-            perm = seeded_rng(seed, label, "units", epoch).permutation(len(units))
-            orders[epoch] = [units[int(j)] for j in perm]
+            orders[epoch] = _unit_order(source, units, seed, label, epoch)
         return orders[epoch][i]
 
     if isinstance(start, StreamCursor):
@@ -481,18 +495,13 @@ def _stream_records(
                 count += 1
                 yield StreamCursor(count, k, done), record
         finally:
-            close = getattr(reader, "close", None)
-            if close is not None:
-                close()
+            _close(reader)
         for kind, message in getattr(reader, "problems", ()):
             stats.add(label, kind, message)
         if done == 0:
             empty_in_a_row.add(unit)
             if len(empty_in_a_row) >= len(units):
-                raise DataError(
-                    f"source {label!r} ({source_files(source)}): partition {part} of {num_parts} "
-                    f"has no records ({len(units)} units read); {stats.why(label)}"
-                )
+                raise _no_records(source, label, part, num_parts, len(units), stats)
         else:
             empty_in_a_row.clear()
         k, discard = k + 1, 0
@@ -582,31 +591,3 @@ class ShardStream:
     def __next__(self) -> Sample:
         sample, self.cursor = next(self._samples)
         return sample
-
-
-def sharded_stream(
-    source: ShardedSource,
-    label: str,
-    part: int,
-    num_parts: int,
-    seed: int,
-    start: StreamCursor | int,
-    stats: SkipStats,
-    max_bad_in_a_row: int,
-    *,
-    resampled: bool = False,
-    shuffle_buffer: int = 1000,
-) -> ShardStream:
-    """Good samples of one partition from `start` (see `ShardStream`)."""
-    return ShardStream(
-        source,
-        label,
-        part,
-        num_parts,
-        seed,
-        start,
-        stats,
-        max_bad_in_a_row,
-        resampled=resampled,
-        shuffle_buffer=shuffle_buffer,
-    )

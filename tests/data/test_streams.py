@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import re
 import shlex
 import threading
 import time
@@ -399,3 +400,19 @@ def test_local_shards_keep_exact_mode(tmp_path):
     unit = ks[0].split("r")[0]
     perm = seeded_rng(0, "image_text/0:webdataset", "records", 0, int(unit[1:])).permutation(6)
     assert ks == [f"{unit}r{int(i)}" for i in perm]
+
+
+def test_unit_that_changed_length_is_a_data_error_naming_the_shard(tmp_path):
+    """A shard rewritten under a running job (its length now differs from what resuming stepped
+    over with) is bad input: a DataError naming the shard files, not a bare RuntimeError."""
+
+    class Rewritten(TarShards):
+        def unit_length(self, unit: int) -> int:  # what the shard held when it was indexed
+            return super().unit_length(unit) + 1
+
+    paths = make_shards(tmp_path)
+    want = (
+        rf"\(4 files in {re.escape(str(tmp_path))}\): unit \d has 6 records, but unit_length said 7"
+    )
+    with pytest.raises(DataError, match=want):
+        next(stream(Rewritten(paths, image_size=4), start=1))

@@ -25,6 +25,7 @@ from clippo.eval.encoders import as_encoders, embed
 from clippo.eval.retrieval import evaluate_retrieval
 from clippo.eval.zeroshot import evaluate_zeroshot
 from clippo.preprocess import resize_uint8
+from clippo.typed_config import ConfigError
 
 RECALL_KEYS = [f"{d}/r@{k}" for d in ("img2txt", "txt2img") for k in (1, 5, 10)]
 TEMPLATES = ["{}.", "{}!"]  # the class name first: a 32 px prompt shows ~8 characters
@@ -415,7 +416,7 @@ def test_hf_dataset_labels(model_dir, loaded, tmp_path):
 
 def test_spec_layouts_through_load_images_and_max_examples(model, tmp_path):
     from clippo.eval.datasets import load_images
-    from clippo.eval.spec import EvalSpec
+    from clippo.eval.spec import EvalSpec, specs_from_tables
     from clippo.eval.suites import read_spec_data, retrieval_suite
 
     path, images, caps = write_xm3600(tmp_path)
@@ -439,6 +440,9 @@ def test_spec_layouts_through_load_images_and_max_examples(model, tmp_path):
     assert EvalSpec("zeroshot", "x", templates=("a {c}.", "{}")).templates == ("a {}.", "{}")
     with pytest.raises(ValueError, match="exactly one"):
         EvalSpec("zeroshot", "x", templates=("no slot",))
+    # an [[eval]] table's bad template names its key (it named none: the config fuzz found it)
+    with pytest.raises(ConfigError, match=r"^eval\.0\.templates: template '' must contain"):
+        specs_from_tables([{"kind": "zeroshot", "path": "x", "templates": [""]}])
 
 
 def test_hf_images_decode_into_memory_with_the_bad_one_listed(tmp_path):
