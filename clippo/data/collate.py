@@ -24,6 +24,14 @@ collation adds "left_ink"/"right_ink" bool [B,H/p,W/p] (the patches of each rend
 holding a pixel other than the background; photo rows all True), and `to_device(...,
 ink_patch_size=p)` gives them on the device in every mode (taken from the batch, or found on the
 device from the rendered pixels with `clippo.model.one_tower.ink_patches`: the same rule).
+
+Token baselines (CLIP*, 1T-CLIP: `clippo.model.architectures`) read texts as token ids:
+`TokenCollate(tokenizer, image_size)` tokenises in the workers instead of rendering. Its batch has
+the fields above that are always there, "left_images"/"image_rows" as with render_on="device",
+and "left_ids" long [N_txt,L1] (the left sides of text/text pairs, in batch order), "right_ids"
+long [B,L2] (each side padded to its longest text; padding is `<pad>`, masked by the models).
+`to_device` then gives "left_input" (float pixels [B,3,H,W] when every row is a photo, ids [B,L1]
+when every row is a text, else a `clippo.model.token_model.MixedSide`) and "right_input" (ids).
 """
 
 from __future__ import annotations
@@ -36,9 +44,11 @@ import torch
 
 from clippo.data.mixer import MixedBatch
 from clippo.data.sources import ImageTextPair, TextPair
+from clippo.model.token_model import MixedSide
+from clippo.model.tokenizer import TextTokenizer
 from clippo.render.unifont_torch import to_pixels_torch
 
-__all__ = ["PairCollate", "to_device", "as_mixed_batch"]
+__all__ = ["PairCollate", "TokenCollate", "to_device", "as_mixed_batch"]
 
 
 def as_mixed_batch(pairs: Sequence[ImageTextPair | TextPair], step: int = -1) -> MixedBatch:
@@ -52,6 +62,36 @@ def as_mixed_batch(pairs: Sequence[ImageTextPair | TextPair], step: int = -1) ->
     return MixedBatch(
         step, [p[0] for p in ordered], [p[1] for p in ordered], is_text, [p[2] for p in ordered], {}
     )
+
+
+def _image_uint8(image: Any, size: int, key: str) -> np.ndarray:
+    """An image -> uint8 [size,size,3] (as it is when it already is that, else resized)."""
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.shape == (size, size, 3):
+        return image
+    from clippo.preprocess import resize_uint8
+
+    try:
+        return resize_uint8(image, size)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"sample {key}: cannot use image: {e}") from None
+
+
+def _collate_common(batch: MixedBatch, size: int) -> tuple[dict[str, Any], np.ndarray]:
+    """The fields every collation has, and the photos uint8 [N_img,size,size,3] in row order."""
+    is_text = np.asarray(batch.is_text_pair, dtype=bool)
+    image_rows = np.flatnonzero(~is_text)
+    images = [_image_uint8(batch.left[i], size, batch.keys[i]) for i in image_rows]
+    out: dict[str, Any] = {
+        "is_text_pair": torch.from_numpy(is_text.copy()),
+        "left_texts": [batch.left[i] if t else None for i, t in enumerate(is_text)],
+        "right_texts": list(batch.right),
+        "keys": list(batch.keys),
+        "step": batch.step,
+        "skipped": dict(batch.skipped),
+        "image_rows": torch.from_numpy(image_rows.astype(np.int64)),
+    }
+    img = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+    return out, img
 
 
 class PairCollate:
@@ -82,41 +122,17 @@ class PairCollate:
             )
         self.ink_patch_size = ink_patch_size
 
-    def _image(self, image: Any, key: str) -> np.ndarray:
-        if (
-            isinstance(image, np.ndarray)
-            and image.dtype == np.uint8
-            and image.shape == (self.size, self.size, 3)
-        ):
-            return image
-        from clippo.preprocess import resize_uint8
-
-        try:
-            return resize_uint8(image, self.size)
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"sample {key}: cannot use image: {e}") from None
-
     def __call__(self, batch: MixedBatch | Sequence[ImageTextPair | TextPair]) -> dict[str, Any]:
         if not isinstance(batch, MixedBatch):
             batch = as_mixed_batch(batch)
-        is_text = np.asarray(batch.is_text_pair, dtype=bool)
+        out, img = _collate_common(batch, self.size)
+        is_text = out["is_text_pair"].numpy()
         n, size = len(is_text), self.size
         image_rows = np.flatnonzero(~is_text)
-        images = [self._image(batch.left[i], batch.keys[i]) for i in image_rows]
-        left_texts = [batch.left[i] if t else None for i, t in enumerate(is_text)]
-        out: dict[str, Any] = {
-            "is_text_pair": torch.from_numpy(is_text.copy()),
-            "left_texts": left_texts,
-            "right_texts": list(batch.right),
-            "keys": list(batch.keys),
-            "step": batch.step,
-            "skipped": dict(batch.skipped),
-        }
-        img = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
         if self.render_on == "device":
             out["left_images"] = torch.from_numpy(img)
-            out["image_rows"] = torch.from_numpy(image_rows.astype(np.int64))
             return out
+        del out["image_rows"]  # worker mode: the rows are in place in left_uint8/left_pixels
         text_rows = np.flatnonzero(is_text)
         # one render call for both sides: the renderer is vectorised over the batch
         rendered = self.renderer.render_batch(
@@ -149,6 +165,46 @@ class PairCollate:
         return ink_mask(np.any(rendered != background, axis=-1), patch_size, 0)
 
 
+class TokenCollate:
+    """MixedBatch (or a list of pairs) -> dict with photos as uint8 and texts as token ids, for
+    a token baseline (see the module doc). `tokenizer` is the model's (`TextTokenizer`); photos
+    are resized to `image_size` as `PairCollate` does. Picklable (a `tokenizers.Tokenizer`
+    pickles as its JSON form), so it runs in DataLoader workers."""
+
+    def __init__(self, tokenizer: TextTokenizer, image_size: int) -> None:
+        if not isinstance(tokenizer, TextTokenizer):
+            raise TypeError(f"expected a TextTokenizer, got {type(tokenizer).__name__}")
+        self.tokenizer, self.size = tokenizer, image_size
+
+    def __call__(self, batch: MixedBatch | Sequence[ImageTextPair | TextPair]) -> dict[str, Any]:
+        if not isinstance(batch, MixedBatch):
+            batch = as_mixed_batch(batch)
+        out, img = _collate_common(batch, self.size)
+        out["left_images"] = torch.from_numpy(img)
+        left = [t for t in out["left_texts"] if t is not None]
+        # padded to the side's longest text: the models mask <pad>, so embeddings are the same
+        out["left_ids"] = self.tokenizer(left, pad_to_longest=True)[0]
+        out["right_ids"] = self.tokenizer(out["right_texts"], pad_to_longest=True)[0]
+        return out
+
+
+def _tokens_on_device(batch: Mapping[str, Any], device: Any, non_blocking: bool) -> dict[str, Any]:
+    """`to_device` of a `TokenCollate` batch: "left_input" and "right_input" on `device`."""
+    out = dict(batch)
+    is_text = batch["is_text_pair"]
+    out["is_text_pair"] = is_text.to(device, non_blocking=non_blocking)
+    pixels = to_pixels_torch(batch["left_images"].to(device, non_blocking=non_blocking))
+    ids = batch["left_ids"].to(device, non_blocking=non_blocking)
+    if not len(ids):
+        out["left_input"] = pixels
+    elif not len(pixels):
+        out["left_input"] = ids
+    else:  # the rows' order is kept: is_text says which tensor each row comes from
+        out["left_input"] = MixedSide(is_text, pixels, ids)
+    out["right_input"] = batch["right_ids"].to(device, non_blocking=non_blocking)
+    return out
+
+
 def to_device(
     batch: Mapping[str, Any],
     device: Any,
@@ -161,7 +217,11 @@ def to_device(
 
     With `ink_patch_size=p` also "left_ink"/"right_ink" bool [B,H/p,W/p] on `device` (see the
     module doc): the batch's own when collated with that patch size, else found from the pixels
-    (then `renderer` is required, for its background)."""
+    (then `renderer` is required, for its background).
+
+    A `TokenCollate` batch gets "left_input" and "right_input" instead (see the module doc)."""
+    if "right_ids" in batch:
+        return _tokens_on_device(batch, device, non_blocking)
     out = _pixels_on_device(batch, device, renderer, non_blocking)
     if ink_patch_size is None:
         return out

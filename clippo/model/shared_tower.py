@@ -37,7 +37,7 @@ class OneTowerCLIP(TokenModel):
         vit = self.vit
         x = vit.norm_pre(self.text_embed(ids))  # norm_pre: Identity in big_vision's tower
         pool = "gap" if vit.attn_pool is None else vit.attn_pool  # the image tower's pooling
-        return encode_sequence(x, valid, vit.blocks, vit.norm, pool)
+        return encode_sequence(x, valid, vit.blocks, vit.norm, pool, vit.grad_checkpointing)
 
     def _text_head(self) -> nn.Module:
         return self.head

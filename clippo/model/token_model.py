@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from clippo import typed_config
 from clippo.model.config import ModelConfig, ViTConfig
@@ -120,6 +121,7 @@ def encode_sequence(
     blocks: Iterable[nn.Module],
     norm: nn.Module,
     pool: nn.Module | Literal["gap", "last"],
+    grad_checkpointing: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Embedded tokens x [B, L, W], valid bool [B, L] -> (encoded [B, L, W], pooled [B, W]).
 
@@ -128,6 +130,8 @@ def encode_sequence(
     token: the closing `</s>` of a `TextTokenizer` text). Padding is an additive -inf in every
     attention (timm adds `attn_mask` to the scores), as in CLIPPO's ink-only mode. A row without
     any valid token keeps its first one, so that there is something to attend to.
+    `grad_checkpointing`: recompute each block's activations in the backward pass (under
+    gradients only), as timm's ViT does for the image side.
     """
     valid = valid.to(x.device, torch.bool)
     if valid.shape != x.shape[:2]:
@@ -136,8 +140,12 @@ def encode_sequence(
     valid[:, 0] |= ~valid.any(1)  # no host sync: rows with a valid token are unchanged
     mask = torch.zeros(valid.shape, dtype=x.dtype, device=x.device)
     mask = mask.masked_fill(~valid, float("-inf"))[:, None, None, :]  # [B, 1, 1, L]
+    recompute = grad_checkpointing and torch.is_grad_enabled()
     for block in blocks:
-        x = block(x, attn_mask=mask)
+        if recompute:
+            x = checkpoint(block, x, mask, use_reentrant=False)  # Block(x, attn_mask)
+        else:
+            x = block(x, attn_mask=mask)
     x = norm(x)
     if pool == "last":
         positions = torch.arange(valid.shape[1], device=x.device)

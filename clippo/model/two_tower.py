@@ -46,8 +46,11 @@ class TextTower(nn.Module):
         self.norm = model.vit.norm
         self.head = model.head
 
-    def forward(self, ids: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-        return encode_sequence(self.embed(ids), valid, self.blocks, self.norm, "last")
+    def forward(
+        self, ids: Tensor, valid: Tensor, grad_checkpointing: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        x = self.embed(ids)
+        return encode_sequence(x, valid, self.blocks, self.norm, "last", grad_checkpointing)
 
 
 class CLIPStar(TokenModel):
@@ -65,7 +68,8 @@ class CLIPStar(TokenModel):
         self.text = TextTower(donor, self.config.vocab_size, self.config.max_length)
 
     def _text_features(self, ids: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-        return self.text(ids, valid)
+        # one switch for the model: the text blocks follow the image tower's grad checkpointing
+        return self.text(ids, valid, self.vit.grad_checkpointing)
 
     def _text_head(self) -> nn.Module:
         return self.text.head

@@ -101,7 +101,15 @@ class ModelSection:
     with that renderer's default settings at `image_size`; saved in the model's config.
     ink_only_text: rendered texts keep only their inked patches (training and, by default,
     evaluation); patch_dropout: share of photo patch tokens dropped in training (FLIP; never
-    texts). Both saved in the model's config.
+    texts). Both saved in the model's config, and CLIPPO-only.
+
+    architecture: "clippo" (pixels only), or one of the paper's token baselines "clip-star"
+    (CLIP*: image ViT + a text transformer of the same sizes) and "1t-clip" (one ViT shared by
+    patches and tokens); `clippo.model.architectures`. For those, texts are tokenised:
+    tokenizer: a `tokenizer.json` path, or "" to train one (BPE, at most `vocab_size` pieces) on
+    the first `tokenizer_texts` texts of the run's own sources (`clippo.train.data.source_texts`);
+    text_max_length: tokens per text (the closing `</s>` included). The tokenizer is saved in
+    every checkpoint and a resumed run uses the saved one.
     """
 
     variant: str = "B/16"
@@ -119,10 +127,20 @@ class ModelSection:
     renderer: Literal["unifont", "text"] = "unifont"
     ink_only_text: bool = False
     patch_dropout: float = 0.0
+    architecture: Literal["clippo", "clip-star", "1t-clip"] = "clippo"
+    tokenizer: str = ""
+    vocab_size: int = 32000
+    text_max_length: int = 64
+    tokenizer_texts: int = 100_000
 
-    def model_config(self) -> Any:
-        """-> clippo.ModelConfig: the variant's sizes with this section's overrides."""
-        from clippo.model.config import VARIANTS, ModelConfig, ViTConfig
+    @property
+    def reads_tokens(self) -> bool:
+        """True for the token baselines (CLIP*, 1T-CLIP): texts are tokenised, not rendered."""
+        return self.architecture != "clippo"
+
+    def _vit_config(self) -> Any:
+        """-> clippo.model.config.ViTConfig: the variant's sizes with this section's overrides."""
+        from clippo.model.config import VARIANTS, ViTConfig
 
         if self.variant not in VARIANTS:
             raise ConfigError(
@@ -131,7 +149,31 @@ class ModelSection:
         sizes: dict[str, Any] = VARIANTS[self.variant].to_dict()
         sizes.update({k: getattr(self, k) for k in sizes if getattr(self, k) is not None})
         # through from_dict so that the configs' own checks name the key ("model.width ...")
-        vit = from_dict(ViTConfig, {**sizes, "image_size": self.image_size}, "model")
+        return from_dict(ViTConfig, {**sizes, "image_size": self.image_size}, "model")
+
+    def token_model_config(self, vocab_size: int) -> Any:
+        """-> clippo.model.token_model.TokenModelConfig for a tokenizer of `vocab_size` entries
+        (the trained vocabulary may be smaller than `self.vocab_size`: see `TextTokenizer`)."""
+        from clippo.model.token_model import TokenModelConfig
+
+        vit = self._vit_config()
+        return from_dict(
+            TokenModelConfig,
+            {
+                "vit": vit,
+                "vocab_size": vocab_size,
+                "max_length": self.text_max_length,
+                "out_dim": vit.width if self.out_dim is None else self.out_dim,
+                "temperature_init": self.temperature_init,
+            },
+            "model",
+        )
+
+    def model_config(self) -> Any:
+        """-> clippo.ModelConfig: the variant's sizes with this section's overrides."""
+        from clippo.model.config import ModelConfig
+
+        vit = self._vit_config()
         head = {"out_dim": vit.width if self.out_dim is None else self.out_dim}
         return from_dict(
             ModelConfig,
@@ -300,6 +342,7 @@ def _validate(cfg: TrainConfig) -> None:
     positive("logging.every_steps", cfg.logging.every_steps)
     non_negative("logging.eval_every_steps", cfg.logging.eval_every_steps)
     cfg.model.model_config()  # variant known, sizes consistent
+    _validate_architecture(cfg.model)
     if not 0.0 <= cfg.data.text_pair_fraction <= 1.0:
         raise ConfigError(
             f"data.text_pair_fraction must be in [0, 1], got {cfg.data.text_pair_fraction}"
@@ -326,6 +369,33 @@ def _validate(cfg: TrainConfig) -> None:
     wb = cfg.logging.wandb
     if wb.enabled and not wb.project:
         raise ConfigError("logging.wandb.project must not be empty when logging.wandb.enabled")
+
+
+# the CLIPPO-only model keys, with the value that means "off"
+_PIXEL_ONLY_KEYS = {"ink_only_text": False, "patch_dropout": 0.0}
+
+
+def _validate_architecture(m: ModelSection) -> None:
+    """The token keys' ranges; a token architecture refuses CLIPPO's token-dropping keys."""
+    if m.vocab_size < 4:  # <pad>, <unk>, </s> and at least one piece
+        raise ConfigError(f"model.vocab_size must be >= 4, got {m.vocab_size}")
+    if m.text_max_length < 2:  # at least one piece before the closing </s>
+        raise ConfigError(f"model.text_max_length must be >= 2, got {m.text_max_length}")
+    if m.tokenizer_texts < 1:
+        raise ConfigError(f"model.tokenizer_texts must be >= 1, got {m.tokenizer_texts}")
+    if not m.reads_tokens:
+        return
+    for key, off in _PIXEL_ONLY_KEYS.items():
+        if getattr(m, key) != off:
+            raise ConfigError(
+                f"model.{key} is CLIPPO-only (it drops rendered-text or photo patches); "
+                f"model.architecture {m.architecture!r} reads tokens: remove model.{key}"
+            )
+    if m.init_from:
+        raise ConfigError(
+            f"model.init_from is CLIPPO-only; model.architecture {m.architecture!r} starts "
+            "from a fresh initialisation"
+        )
 
 
 def _validate_precision(lp: LoopConfig) -> None:

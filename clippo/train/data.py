@@ -3,7 +3,10 @@
 `TrainData(cfg.data, ...)` is a `DataFactory` for `clippo.train`: `data(start_step)` iterates
 the batches of steps start_step, start_step+1, ... (a pure function of seed, step, rank, world
 size and num_workers; see `clippo.data.mixer`). Batches are collated by
-`clippo.data.collate.PairCollate` (texts rendered in the workers as uint8, or on the device).
+`clippo.data.collate.PairCollate` (texts rendered in the workers as uint8, or on the device), or
+for a token baseline (CLIP*, 1T-CLIP) by `clippo.data.collate.TokenCollate` (texts tokenised in
+the workers with the model's tokenizer). `source_texts` reads the texts a run's tokenizer is
+trained on.
 
 Stream-mode sources (`pipe:`/URL shards, or `data.resampled`) resume from recorded positions:
 every batch brings its sources' stream cursors from the worker that made it, the iterator keeps
@@ -19,11 +22,19 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from clippo.data.collate import PairCollate, to_device
+from clippo.data.collate import PairCollate, TokenCollate, to_device
 from clippo.data.loader import mixer_loader
 from clippo.data.mixer import BatchMixer, MixedBatch, MixerConfig
 from clippo.data.registry import build_source
-from clippo.data.sources import MapSource, ShardedSource
+from clippo.data.sources import (
+    ImageTextPair,
+    MapSource,
+    RandomAccessSource,
+    ShardedSource,
+    SkipSample,
+)
+from clippo.model.token_model import MixedSide
+from clippo.model.tokenizer import TextTokenizer
 from clippo.render.unifont_torch import to_pixels_torch
 from clippo.train.config import ConfigError, DataConfig, SourceConfig
 from clippo.train.distributed import is_dist
@@ -49,10 +60,14 @@ def side_pixels(side: Any, device: torch.device, renderer: Any) -> torch.Tensor:
 
 def batch_pixels(
     batch: Any, device: torch.device, renderer: Any
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A PairCollate dict or a (left, right) pair -> (left, right) float32 [b,3,H,W] on device."""
+) -> tuple[torch.Tensor | MixedSide, torch.Tensor]:
+    """A PairCollate dict or a (left, right) pair -> (left, right) float32 [b,3,H,W] on device;
+    a TokenCollate dict -> its "left_input" (pixels, ids or a MixedSide) and "right_input"
+    (ids [b,L]) on device."""
     if isinstance(batch, Mapping):
         out = to_device(batch, device, renderer, non_blocking=True)
+        if "right_input" in out:
+            return out["left_input"], out["right_input"]
         return out["left_pixels"], out["right_pixels"]
     left, right = batch
     return side_pixels(left, device, renderer), side_pixels(right, device, renderer)
@@ -80,10 +95,70 @@ def build_source_from_config(spec: SourceConfig, image_size: int, key: str, imag
         raise ConfigError(f"{key} ({spec.kind} {spec.path!r}): {e}") from None
 
 
-class _WithPositions:
-    """PairCollate, plus the batch's stream cursors under `_POSITIONS` (picklable for workers)."""
+def _texts_of(source: Any, key: str) -> Iterator[list[str]]:
+    """A mixer source's samples in stored order -> the texts of each (an image/text pair's
+    caption, both sides of a text pair); bad samples are skipped."""
 
-    def __init__(self, collate: PairCollate) -> None:
+    def texts(sample: Any) -> list[str]:
+        if isinstance(sample, ImageTextPair):
+            return [sample[1]]
+        return [sample[0], sample[1]]
+
+    if isinstance(source, RandomAccessSource):
+        for i in range(len(source)):
+            try:
+                yield texts(source.load(i, i))
+            except SkipSample:
+                continue
+        return
+    if isinstance(source, ShardedSource):
+        for unit in range(source.num_units()):
+            records = source.iter_unit(unit)
+            try:
+                for j, record in enumerate(records):
+                    try:
+                        yield texts(source.decode(record, j))
+                    except SkipSample:
+                        continue
+            finally:
+                close = getattr(records, "close", None)
+                if close is not None:
+                    close()
+        return
+    raise ConfigError(f"{key}: a {type(source).__name__} is not a source the tokenizer can read")
+
+
+def source_texts(data: DataConfig, image_size: int, limit: int) -> list[str]:
+    """At most `limit` training texts of `data`'s own sources, to train a tokenizer on: the
+    captions of `data.image_text` and both sides of `data.text_pairs`, each source read in its
+    stored order (not shuffled), the sources in config order, each given an equal share of
+    `limit` (a source that runs out leaves its rest to the later ones). Deterministic: every rank
+    reads the same texts, so every rank trains the same (BPE) tokenizer."""
+    specs = [
+        (f"data.{g}.{i}", s, g)
+        for g in ("image_text", "text_pairs")
+        for i, s in enumerate(getattr(data, g))
+    ]
+    if not specs:
+        raise ConfigError("data: no sources to train the tokenizer on")
+    out: list[str] = []
+    for n, (key, spec, group) in enumerate(specs):
+        want = len(out) + -(-(limit - len(out)) // (len(specs) - n))  # an equal share of the rest
+        source = build_source_from_config(spec, image_size, key, group == "image_text")
+        try:
+            for texts in _texts_of(source, key):
+                out.extend(texts)
+                if len(out) >= want:
+                    break
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{key} ({spec.kind} {spec.path!r}): {e}") from None
+    return out[:limit]
+
+
+class _WithPositions:
+    """A collate, plus the batch's stream cursors under `_POSITIONS` (picklable for workers)."""
+
+    def __init__(self, collate: PairCollate | TokenCollate) -> None:
         self.collate = collate
 
     def __call__(self, batch: MixedBatch) -> dict[str, Any]:
@@ -106,10 +181,19 @@ class TrainData:
         world_size: int = 1,
         pin_memory: bool = False,
         ink_patch_size: int | None = None,
+        tokenizer: TextTokenizer | None = None,
+        image_size: int | None = None,
     ) -> None:
         """ink_patch_size: the workers also return the texts' ink masks at this patch size
-        (for a model with `ink_only_text`; None: the step computes them on the device)."""
-        size = renderer.config.image_size
+        (for a model with `ink_only_text`; None: the step computes them on the device).
+        tokenizer: a token baseline's; the workers then tokenise texts (`TokenCollate`) instead
+        of rendering them, `renderer` is None and `image_size` the photos' size."""
+        if tokenizer is None:
+            size = renderer.config.image_size
+        elif image_size is None:
+            raise ValueError("TrainData with a tokenizer needs the image_size")
+        else:
+            size = image_size
         groups = {}
         for group in ("image_text", "text_pairs"):
             groups[group] = [
@@ -136,9 +220,16 @@ class TrainData:
         except ValueError as e:
             raise ConfigError(f"data: {e}") from None
         # uint8 from the workers: 4x less to pass between processes and to copy to the device
-        self.collate = PairCollate(
-            renderer, render_on=data.render_on, pixel_format="uint8", ink_patch_size=ink_patch_size
-        )
+        self.collate: PairCollate | TokenCollate
+        if tokenizer is not None:
+            self.collate = TokenCollate(tokenizer, size)
+        else:
+            self.collate = PairCollate(
+                renderer,
+                render_on=data.render_on,
+                pixel_format="uint8",
+                ink_patch_size=ink_patch_size,
+            )
         self.num_workers, self.prefetch = data.num_workers, data.prefetch_factor
         self.pin_memory = pin_memory
         self.rank = rank

@@ -9,6 +9,12 @@ rank), so a resumed run sees exactly the data order of an uninterrupted one. A b
 pair (left, right) whose sides are float pixels [b,3,H,W] in [-1,1], uint8 images [b,H,W,3] or
 lists of strings (rendered on the device). Both sides go through the same tower.
 
+`cfg.model.architecture` chooses the model (`clippo.model.architectures`): CLIPPO, or one of the
+paper's token baselines, CLIP* and 1T-CLIP. For those the trainer first gets a tokenizer (the
+file `model.tokenizer`, or one trained on the run's own texts, `clippo.train.data.source_texts`;
+a resumed run takes the checkpoint's), and the workers tokenise texts instead of rendering them
+(`clippo.data.collate.TokenCollate`); the loss, steps, accumulation and checkpoints are the same.
+
 What is trained per batch is a `TrainStep` (`clippo.train.step`): by default the contrastive
 step built from `cfg.loop`; `train(cfg, step=factory)` trains another one over the same loop,
 optimiser, schedule, precision, checkpoints and DDP/FSDP wrapping, e.g. a
@@ -40,11 +46,21 @@ import torch
 from torch import Tensor, nn
 
 import clippo.train.distributed as cdist
+from clippo.model.architectures import AnyModel, architecture_of
+from clippo.model.architectures import build_model as build_architecture
 from clippo.model.bigvision import CheckpointError
 from clippo.model.checkpoint import load_dir, load_image_init
 from clippo.model.one_tower import CLIPPO
-from clippo.train.config import ConfigError, LoopConfig, ModelSection, TrainConfig
-from clippo.train.data import TrainData
+from clippo.model.token_model import TokenModel
+from clippo.model.tokenizer import TextTokenizer
+from clippo.train.config import (
+    ConfigError,
+    DataConfig,
+    LoopConfig,
+    ModelSection,
+    TrainConfig,
+)
+from clippo.train.data import TrainData, source_texts
 from clippo.train.log import (
     METRICS_FILE,
     MetricsLogger,
@@ -87,8 +103,9 @@ if TYPE_CHECKING:
 Batch = Mapping[str, Any] | tuple[Any, Any]
 DataFactory = Callable[[int], Iterator[Batch]]
 Hook = Callable[[nn.Module, int], Mapping[str, Any]]
-# (the model to train, the config) -> the step; called once, after the model is on the device
-StepFactory = Callable[[CLIPPO, TrainConfig], TrainStep]
+# (the model to train, the config) -> the step; called once, after the model is on the device.
+# The model is a CLIPPO, or a token baseline (CLIP*, 1T-CLIP) for the contrastive step.
+StepFactory = Callable[[Any, TrainConfig], TrainStep]
 
 
 GRAD_SCALER = "grad_scaler"  # the fp16 scaler's state in the checkpoint's optimizer.json
@@ -114,11 +131,37 @@ class TrainResult:
     checkpoint: Path | None
     preempted: bool
     metrics: Mapping[str, Any]
-    model: CLIPPO  # the trained model (unwrapped; on the training device)
+    # the trained model (unwrapped; on the training device): an `AnyModel`, typed Any so that a
+    # caller that trained a CLIPPO (a task step, fine-tuning) uses it as one without a cast
+    model: Any
 
 
-def build_model(m: ModelSection) -> CLIPPO:
-    """A freshly initialised CLIPPO, or one whose tower starts from `m.init_from` (I21k npz)."""
+def run_tokenizer(m: ModelSection, data: DataConfig) -> TextTokenizer:
+    """A token baseline's tokenizer for a new run: the file `m.tokenizer` (padded to
+    `m.text_max_length`), or BPE trained on the first `m.tokenizer_texts` texts of `data`'s
+    sources (deterministic: every rank trains the same one)."""
+    if m.tokenizer:
+        try:
+            return TextTokenizer.from_file(m.tokenizer, max_length=m.text_max_length)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"model.tokenizer: {e}") from None
+    texts = source_texts(data, m.image_size, m.tokenizer_texts)
+    try:
+        return TextTokenizer.train(texts, vocab_size=m.vocab_size, max_length=m.text_max_length)
+    except ValueError as e:
+        raise ConfigError(f"model.tokenizer: training on {len(texts)} data texts: {e}") from None
+
+
+def build_model(m: ModelSection, tokenizer: TextTokenizer | None = None) -> AnyModel:
+    """A freshly initialised model of `m.architecture`: a CLIPPO (its tower from `m.init_from`,
+    an I21k npz, when set), or a token baseline reading `tokenizer` (required then)."""
+    if m.reads_tokens:
+        if tokenizer is None:
+            raise ConfigError(
+                f"model.architecture {m.architecture!r} reads tokens: it needs a tokenizer"
+            )
+        config = m.token_model_config(tokenizer.vocab_size)
+        return build_architecture(m.architecture, config, tokenizer)
     model = CLIPPO(m.model_config())
     if m.init_from:
         if not Path(m.init_from).is_file():
@@ -128,19 +171,37 @@ def build_model(m: ModelSection) -> CLIPPO:
 
 
 def restore_or_build_model(
-    section: ModelSection, given: CLIPPO | None, checkpoint: Checkpoint | None
-) -> CLIPPO:
-    """The model to train: the checkpoint's when resuming (`given` is then ignored), else
-    `given`, else a new one built from `section`."""
+    section: ModelSection,
+    given: AnyModel | None,
+    checkpoint: Checkpoint | None,
+    data: DataConfig | None = None,
+) -> AnyModel:
+    """The model to train: the checkpoint's when resuming (`given` is then ignored; a token
+    baseline comes with the tokenizer saved beside it, never retrained), else `given`, else a new
+    one built from `section` (a token baseline's tokenizer from `run_tokenizer` over `data`)."""
     if checkpoint is not None:
         model = load_dir(checkpoint.path)
-        if not isinstance(model, CLIPPO):  # the folder of another architecture's `save`
+        found = architecture_of(model)
+        if found != section.architecture:  # the folder of another architecture's `save`
             raise CheckpointError(
-                f"{checkpoint.path}: holds a {type(model).__name__}; the trainer resumes CLIPPO "
-                "checkpoints only"
+                f"{checkpoint.path}: holds a {found!r} model; this run's model.architecture is "
+                f"{section.architecture!r}"
             )
         return model
-    return given if given is not None else build_model(section)
+    if given is not None:
+        # (a given CLIPPO may be a subclass, so this compares the token models' names only)
+        name = given.architecture if isinstance(given, TokenModel) else "clippo"
+        if name != section.architecture:
+            raise ConfigError(
+                f"the model given is a {name!r} model; model.architecture is "
+                f"{section.architecture!r}"
+            )
+        return given
+    if not section.reads_tokens:
+        return build_model(section)
+    if data is None:
+        raise ConfigError("a token baseline needs the data section to train its tokenizer")
+    return build_model(section, run_tokenizer(section, data))
 
 
 def local_batch_size(loop: LoopConfig, world_size: int) -> int:
@@ -154,7 +215,7 @@ def local_batch_size(loop: LoopConfig, world_size: int) -> int:
     return loop.batch_size // world_size
 
 
-def contrastive_step(model: CLIPPO, cfg: TrainConfig) -> ContrastiveStep:
+def contrastive_step(model: AnyModel, cfg: TrainConfig) -> ContrastiveStep:
     """The default step: `cfg.loop.loss` over pairs through the one tower (the sigmoid loss
     learns its bias)."""
     lp = cfg.loop
@@ -192,7 +253,7 @@ class Trainer:
         cfg: TrainConfig,
         data: DataFactory | None,
         hooks: Sequence[Hook],
-        model: CLIPPO | None,
+        model: AnyModel | None,
         *,
         allow_legacy_pickle: bool = False,
         step: StepFactory = contrastive_step,
@@ -227,7 +288,8 @@ class Trainer:
 
         resume = self._checkpoint_to_resume()
         self.state = resume.state if resume is not None else TrainerState()
-        self.model = restore_or_build_model(cfg.model, model, resume).to(self.device).train()
+        self.model: AnyModel = restore_or_build_model(cfg.model, model, resume, cfg.data)
+        self.model = self.model.to(self.device).train()
         self.core = self._training_step(resume)
         self.fsdp = lp.parallel == "fsdp"
         self.module = self._wrap()
@@ -292,20 +354,35 @@ class Trainer:
         """The module the loop calls: the step itself (sharded in place under FSDP) or its DDP
         wrapper. Gradient checkpointing is switched on first, compilation comes last."""
         if self.cfg.model.grad_checkpointing:
+            # the vit's flag: a token baseline's text blocks follow it (`encode_sequence`)
             self.model.vit.set_grad_checkpointing(True)
         module: nn.Module = self.core
         if self.fsdp:
             from torch.distributed.fsdp import fully_shard
 
-            for block in self.model.vit.blocks:
+            for block in self._blocks():
                 fully_shard(block)
             fully_shard(self.core)
         elif self.dist.is_distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            module = nn.parallel.DistributedDataParallel(self.core, device_ids=ids)
+            # a token baseline's two input paths (and CLIP*'s two towers) need not all take part
+            # in a backward: a micro-batch of text pairs only leaves the patch embedding unused
+            unused = isinstance(self.model, TokenModel)
+            module = nn.parallel.DistributedDataParallel(
+                self.core, device_ids=ids, find_unused_parameters=unused
+            )
         if self.cfg.model.compile:
             self.model.compile()  # in place: parameter names (and checkpoints) stay the same
         return module
+
+    def _blocks(self) -> list[nn.Module]:
+        """Every transformer block of the model (each its own FSDP unit): the vit's, and CLIP*'s
+        text tower's."""
+        blocks = list(self.model.vit.blocks)
+        text = getattr(self.model, "text", None)
+        if text is not None:
+            blocks.extend(text.blocks)
+        return blocks
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         """The model's parameter groups, then the step's groups for the loss's own parameters
@@ -321,21 +398,33 @@ class Trainer:
         config = self.model.config
         return config.vit.patch_size if getattr(config, "ink_only_text", False) else None
 
+    def _renderer(self) -> Any:
+        """CLIPPO's renderer; None for a token baseline (its texts are tokenised)."""
+        return getattr(self.model, "renderer", None)
+
+    def _train_data(self, data: DataConfig) -> TrainData:
+        """The pipeline over `data` at this rank's batch size: texts rendered for CLIPPO,
+        tokenised with the model's tokenizer for a token baseline."""
+        lp = self.cfg.loop
+        tokenizer = self.model.tokenizer if isinstance(self.model, TokenModel) else None
+        return TrainData(
+            data,
+            self._renderer(),
+            self.local_batch,
+            seed=lp.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            pin_memory=self.device.type == "cuda",
+            ink_patch_size=self._ink_patch_size(),
+            tokenizer=tokenizer,
+            image_size=self.model.config.vit.image_size,
+        )
+
     def _position_data(self, data: DataFactory | None) -> DataFactory:
         """`data`, or the pipeline built from `cfg.data`, moved to the resumed position (which
         also checks that the data setup is unchanged)."""
         if data is None:
-            lp = self.cfg.loop
-            data = TrainData(
-                self.cfg.data,
-                self.model.renderer,
-                self.local_batch,
-                seed=lp.seed,
-                rank=self.dist.rank,
-                world_size=self.dist.world_size,
-                pin_memory=self.device.type == "cuda",
-                ink_patch_size=self._ink_patch_size(),
-            )
+            data = self._train_data(self.cfg.data)
         if self.state.data and hasattr(data, "load_state_dict"):
             data.load_state_dict(self.state.data)
         return data
@@ -343,20 +432,11 @@ class Trainer:
     def _validation_data(self) -> TrainData | None:
         """The held-out batches of `cfg.validation` (None when it is off), built like the
         training data at this rank's batch size."""
-        val, lp = self.cfg.validation, self.cfg.loop
+        val = self.cfg.validation
         if not val.every:
             return None
         try:
-            return TrainData(
-                val.data_config(self.cfg.data),
-                self.model.renderer,
-                self.local_batch,
-                seed=lp.seed,
-                rank=self.dist.rank,
-                world_size=self.dist.world_size,
-                pin_memory=self.device.type == "cuda",
-                ink_patch_size=self._ink_patch_size(),
-            )
+            return self._train_data(val.data_config(self.cfg.data))
         except ConfigError as e:  # TrainData names the keys as a data section's
             raise ConfigError(f"validation (its sources, built as a data section): {e}") from None
 
@@ -384,7 +464,7 @@ class Trainer:
 
     def _inputs(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """A data batch -> (left, right) on the device, checked to be this rank's batch size."""
-        left, right = self.core.inputs(batch, self.device, self.model.renderer)
+        left, right = self.core.inputs(batch, self.device, self._renderer())
         if len(left) != self.local_batch or len(right) != self.local_batch:
             raise ValueError(
                 f"data gave a batch of {len(left)}/{len(right)} rows; expected {self.local_batch}"
@@ -491,12 +571,14 @@ class Trainer:
         cdist.barrier()
         return path
 
-    def _gather_full_state(self) -> tuple[CLIPPO, dict[str, Tensor], dict[str, Any]]:
-        """Under FSDP (collective): a CPU CLIPPO with the full weights, the loss's full state
-        and the full optimiser state. Only rank 0 receives the tensors."""
+    def _gather_full_state(self) -> tuple[AnyModel, dict[str, Tensor], dict[str, Any]]:
+        """Under FSDP (collective): a CPU model of the same architecture (and tokenizer) with
+        the full weights, the loss's full state and the full optimiser state. Only rank 0
+        receives the tensors."""
         full, osd = gather_full_state(self.core, self.optimizer)
+        tokenizer = self.model.tokenizer if isinstance(self.model, TokenModel) else None
         with torch.device("meta"):
-            model = CLIPPO(self.model.config)
+            model = build_architecture(architecture_of(self.model), self.model.config, tokenizer)
         weights = _under(full, "model.")
         if weights:
             model.load_state_dict(weights, assign=True)
@@ -640,7 +722,7 @@ def train(
     *,
     hooks: Sequence[Hook] = (),
     data: DataFactory | None = None,
-    model: CLIPPO | None = None,
+    model: AnyModel | None = None,
     allow_legacy_pickle: bool = False,
     step: StepFactory = contrastive_step,
 ) -> TrainResult:
@@ -665,5 +747,6 @@ __all__ = [
     "build_model",
     "local_batch_size",
     "restore_or_build_model",
+    "run_tokenizer",
     "train",
 ]

@@ -12,7 +12,10 @@ so the mode is the request's type rather than a flag.
 
 The model is any `nn.Module` with the pair contract `model(images=left, texts=right)` ->
 {"zimg": [b,D], "ztxt": [b,D], "logit_scale": [], ...}. The sides are passed to it unchanged:
-pixels [b,3,H,W] for CLIPPO's one tower, token ids [b,L] for a tower that takes tokens.
+pixels [b,3,H,W] for CLIPPO's one tower, token ids [b,L] for a tower that takes tokens. A token
+baseline (`clippo.model.token_model.TokenModel`: CLIP*, 1T-CLIP) gets its texts as ids from the
+data pipeline (`clippo.data.collate.TokenCollate`), a photo/text mix on one side as a
+`MixedSide`; sides given as lists of strings are tokenised here with the model's tokenizer.
 
 A CLIPPO that drops tokens (`ModelConfig.ink_only_text` or `patch_dropout`) gets each side as a
 `clippo.model.one_tower.TowerInput` instead (`tower_inputs`): its pixels, which rows are
@@ -34,6 +37,7 @@ from torch import Tensor, nn
 
 from clippo.data.collate import to_device
 from clippo.model.one_tower import TowerInput
+from clippo.model.token_model import MixedSide, TokenModel
 from clippo.train.data import batch_pixels, side_pixels
 from clippo.train.loss import ContrastiveLoss
 from clippo.train.optim import OptimConfig
@@ -156,15 +160,30 @@ class ContrastiveStep(TrainStep):
 
     def inputs(
         self, batch: Any, device: torch.device, renderer: Any
-    ) -> tuple[Tensor | TowerInput, Tensor | TowerInput]:
-        """A data batch -> (left, right) on `device`: tensors, or `TowerInput`s for a model
-        whose config drops tokens (ink-only texts, patch dropout on photos)."""
+    ) -> tuple[Tensor | TowerInput | MixedSide, Tensor | TowerInput]:
+        """A data batch -> (left, right) on `device`: tensors, `TowerInput`s for a model whose
+        config drops tokens (ink-only texts, patch dropout on photos), or for a token baseline
+        a `MixedSide` on the left when it mixes photos and texts."""
+        if isinstance(self.model, TokenModel) and not isinstance(batch, Mapping):
+            left, right = batch
+            return self._token_side(left, device), self._token_side(right, device)
         config = getattr(self.model, "config", None)
         ink_only = bool(getattr(config, "ink_only_text", False))
         if not (ink_only or getattr(config, "patch_dropout", None)):
             return batch_pixels(batch, device, renderer)
         patch = config.vit.patch_size if ink_only else None  # type: ignore[union-attr]
         return tower_inputs(batch, device, renderer, patch)
+
+    def _token_side(self, side: Any, device: torch.device) -> Tensor:
+        """One side of a (left, right) pair for a token baseline: strings -> token ids [b,L]
+        (padded to the longest; padding is masked), pixels or ids as `side_pixels` gives them."""
+        if isinstance(side, list | tuple):
+            assert isinstance(self.model, TokenModel)
+            if self.model.tokenizer is None:
+                raise ValueError("texts given as strings, but the model has no tokenizer")
+            ids = self.model.tokenizer(list(side), pad_to_longest=True)[0]
+            return ids.to(device, non_blocking=True)
+        return side_pixels(side, device, None)
 
     def loss_param_groups(self, cfg: OptimConfig) -> list[dict[str, Any]]:
         """The sigmoid bias in a group "loss_bias" without weight decay."""
