@@ -37,6 +37,7 @@ COMMANDS: Registry[Callable[[Any], None]] = Registry(
             "search",
             "rank",
             "clean",
+            "compare",
         )
     },
     callables=True,

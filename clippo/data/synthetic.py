@@ -1,4 +1,4 @@
-"""Built-in synthetic corpus for `clippo demo`: simple scenes drawn on the fly, no download.
+"""Built-in synthetic corpus for `clippo demo` and `clippo compare`: scenes drawn on the fly.
 
 A scene is one, two or three identical shapes (colour, shape, size) grouped at one position of a
 plainly or lightly textured background (drawn by `clippo.data.scenes`). Each scene has alt-text
@@ -141,6 +141,22 @@ class SyntheticConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SyntheticConfig:
         return typed_config.from_dict(cls, d)
+
+
+# The world of `clippo compare`: scenes of one to three identical shapes and 20 held-out
+# (colour, shape) pairs, so 20 pairs x 2 sizes x 5 positions x 3 counts = 600 distinct held-out
+# scenes with distinct captions (the demo's world, one shape and 10 held-out pairs, has 100), and
+# 44 pairs left to train on, every colour and shape among them. Every caption fits at 96 px.
+# Options of the `synthetic` sources (`SyntheticConfig` fields; the rest keep their defaults).
+COMPARE_WORLD: Mapping[str, Any] = {"counts": (1, 2, 3), "heldout_pairs": 20}
+
+
+def distinct_scenes(config: SyntheticConfig, split: Split) -> int:
+    """How many distinct scenes (so distinct captions per template) a split has: its
+    (colour, shape) pairs x sizes x positions x counts (`len(list(iter_scenes(...)))`)."""
+    return (
+        len(_pairs(config, split)) * len(config.sizes) * len(config.positions) * len(config.counts)
+    )
 
 
 def caption_templates(config: SyntheticConfig) -> tuple[str, ...]:

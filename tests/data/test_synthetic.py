@@ -228,6 +228,30 @@ def test_retrieval_set():
         S.retrieval_set(SyntheticConfig(sizes=("large",), counts=(1,)), 100)
 
 
+def test_distinct_scenes_and_the_compare_world():
+    configs = (
+        SyntheticConfig(),
+        SyntheticConfig(counts=(1,), heldout_pairs=10),  # the demo's world
+        SyntheticConfig(sizes=("large",), positions=("left", "top"), heldout_pairs=3),
+        SyntheticConfig(**S.COMPARE_WORLD),
+    )
+    for cfg in configs:
+        for split in ("train", "heldout"):
+            scenes = list(S.iter_scenes(cfg, split))
+            assert S.distinct_scenes(cfg, split) == len(scenes) == len(set(scenes))
+    assert S.distinct_scenes(configs[1], "heldout") == 100
+    # `clippo compare`'s world: 20 held-out pairs x 2 sizes x 5 positions x 3 counts
+    world = SyntheticConfig(image_size=96, **S.COMPARE_WORLD)
+    assert S.distinct_scenes(world, "heldout") == 600
+    train = S.train_pairs(world)
+    assert len(train) == 44 and not set(train) & set(S.heldout_pairs(world))
+    assert {c for c, _ in train} == set(world.colours) and {s for _, s in train} == set(
+        world.shapes
+    )
+    with pytest.raises(ValueError, match="split must be"):
+        S.distinct_scenes(world, "test")  # type: ignore[arg-type]
+
+
 def test_zeroshot_sets():
     cfg = SyntheticConfig(image_size=32)
     sets = S.zeroshot_sets(cfg, n=40)
