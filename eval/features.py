@@ -211,6 +211,7 @@ def _run(
     bf16: bool,
     desc: str,
     progress: bool | None,
+    ink_only: bool,
 ) -> np.ndarray:
     size = model.config.vit.image_size
     starts = range(0, len(items), batch_size)
@@ -235,8 +236,9 @@ def _run(
                     f"{desc}: to_images returned {images.dtype} {list(images.shape)} for items "
                     f"{lo}..{lo + n - 1}; expected uint8 [{n}, {size}, {size}, 3]"
                 )
+            pixels = images_to_pixels(images).to(device)
             with autocast(device, bf16):
-                z = model.pooled(images_to_pixels(images).to(device))
+                z = model.pooled(pixels, model.ink_of(pixels) if ink_only else None)
             out.append(z.float().cpu().numpy())
             bar.update(n)
     return np.concatenate(out)
@@ -255,8 +257,12 @@ def extract_features(
     data_key: str | None = None,
     desc: str = "features",
     progress: bool | None = None,
+    ink_only: bool = False,
 ) -> np.ndarray:
     """items (N, any sequence) -> `model.pooled` features, float32 [N, width].
+
+    `ink_only`: encode only the patches with ink (for rendered texts of a model trained with
+    `ink_only_text`; photos, also VQA's photo under its question band, stay whole).
 
     `to_images(items[i:j])` returns uint8 [j-i, S, S, 3] at the model's image size S. The model
     runs in eval mode under no_grad (its training mode is restored after), on `device` (None:
@@ -272,7 +278,7 @@ def extract_features(
         return np.zeros((0, width), np.float32)
     path, cache_key = None, None
     if cache_dir is not None:
-        cache_key = _cache_key(model, items, data_key, key or {}, bf16)
+        cache_key = _cache_key(model, items, data_key, {**(key or {}), "ink_only": ink_only}, bf16)
         path = cache_path(cache_dir, cache_key, "features")
         cached = load_cached(path, cache_key, (len(items), width), "feature cache")
         if cached is not None:
@@ -281,7 +287,7 @@ def extract_features(
     was_training = model.training
     model.to(dev).eval()
     try:
-        feats = _run(model, items, to_images, batch_size, dev, bf16, desc, progress)
+        feats = _run(model, items, to_images, batch_size, dev, bf16, desc, progress, ink_only)
     finally:
         model.train(was_training)
     if path is not None and cache_key is not None:

@@ -123,6 +123,7 @@ class _Encoder:
             cache_dir=o.cache_dir,
             key={"suite": "glue", "pair_mode": o.pair_mode, "part": part},
             desc=desc,
+            ink_only=self.model.config.ink_only_text,  # as the model was trained
         )
 
     def __call__(self, split: GlueSplit) -> np.ndarray:

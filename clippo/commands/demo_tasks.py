@@ -168,6 +168,7 @@ def pair_task(
             batch_size=plan.batch_size,
             desc=desc,
             progress=False,
+            ink_only=model.config.ink_only_text,  # texts as the model was trained
         )
 
     def features(data: synthetic.PairSet, desc: str) -> np.ndarray:
@@ -193,6 +194,7 @@ def pair_task(
             batch_size=plan.batch_size,
             desc=desc,
             progress=False,
+            ink_only=model.config.ink_only_text,  # texts as the model was trained
         )
 
     head = _fit(features(train, "pairs train"), train.labels, 2, plan, seed)

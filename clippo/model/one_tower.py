@@ -402,9 +402,13 @@ class CLIPPO(nn.Module):
         grid holding any pixel other than its renderer's background (`ink_patches`)."""
         return ink_patches(pixels, self.config.render, self.config.vit.patch_size)
 
-    def pooled(self, pixels: Tensor) -> Tensor:
+    def pooled(self, pixels: Tensor, ink: Tensor | None = None) -> Tensor:
         """Float pixels [B,3,H,W] in [-1,1] -> the pooled representation [B, width]: the MAP
-        head's output before the projection `head`, where GLUE and VQA heads sit."""
+        head's output before the projection `head`, where GLUE and VQA heads sit. `ink` (bool
+        [B, H/p, W/p]) keeps only those patches, as `encode` does (rendered texts of an
+        ink-only model)."""
+        if ink is not None:
+            return self._encode_kept(pixels, ink.reshape(len(ink), -1))[1]
         return self.vit.forward_head(self.vit.forward_features(pixels), pre_logits=True)
 
     @property

@@ -93,6 +93,24 @@ def test_cache_hit_skips_the_model(tiny, tmp_path):
     np.testing.assert_array_equal(again, first)
 
 
+def test_ink_only_features_keep_the_inked_patches(tiny, tmp_path):
+    # texts of an ink-only model: `pooled` over the inked patches only, as it was trained;
+    # with every patch kept it is the dense representation
+    got = extract_features(tiny, TEXTS, texts_to_images(tiny), batch_size=3, ink_only=True)
+    dense = extract_features(tiny, TEXTS, texts_to_images(tiny), batch_size=3)
+    with torch.no_grad():
+        pixels = tiny.render_texts(TEXTS)
+        want = tiny.pooled(pixels, tiny.ink_of(pixels)).numpy()
+        all_kept = tiny.pooled(pixels, torch.ones_like(tiny.ink_of(pixels))).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(all_kept, dense, rtol=1e-4, atol=1e-5)
+    assert np.abs(got - dense).max() > 1e-3
+    count = Counter(tiny)  # the choice is part of the cache key
+    assert _misses(tiny, tmp_path, TEXTS, count, key={}, ink_only=True)
+    assert _misses(tiny, tmp_path, TEXTS, count, key={})
+    assert not _misses(tiny, tmp_path, TEXTS, count, key={}, ink_only=True)
+
+
 def _misses(model, tmp_path, items, count, **kwargs) -> bool:
     before = count.images
     extract_features(model, items, texts_to_images(model), cache_dir=tmp_path, **kwargs)
