@@ -238,7 +238,7 @@ def _run(
                 )
             pixels = images_to_pixels(images).to(device)
             with autocast(device, bf16):
-                z = model.pooled(pixels, model.ink_of(pixels) if ink_only else None)
+                z = model.pooled(pixels, model.ink_of(pixels)) if ink_only else model.pooled(pixels)
             out.append(z.float().cpu().numpy())
             bar.update(n)
     return np.concatenate(out)
@@ -278,7 +278,9 @@ def extract_features(
         return np.zeros((0, width), np.float32)
     path, cache_key = None, None
     if cache_dir is not None:
-        cache_key = _cache_key(model, items, data_key, {**(key or {}), "ink_only": ink_only}, bf16)
+        # ink-only features are another key; dense ones keep the key they always had
+        extra = {**(key or {}), "ink_only": True} if ink_only else (key or {})
+        cache_key = _cache_key(model, items, data_key, extra, bf16)
         path = cache_path(cache_dir, cache_key, "features")
         cached = load_cached(path, cache_key, (len(items), width), "feature cache")
         if cached is not None:
