@@ -9,7 +9,8 @@ Each entry pairs a config class (a typed frozen dataclass with `from_dict(data, 
 through `clippo.typed_config`) with its model class. A saved model's config.json names its
 architecture (`clippo.model.files`; absent means "clippo"), and `clippo.load` builds it from
 here. All three models share CLIPPO's contract: `encode_images`, `encode_texts`, `forward`
-(same keys, same named intermediates), `logit_scale`/`t` and `save`.
+(same keys, same named intermediates), `logit_scale`/`t` and `save`; what of it is the same code
+is written once in `clippo.model.contract.ContrastiveModel`, their common base.
 """
 
 from __future__ import annotations

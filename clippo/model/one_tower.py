@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
@@ -20,18 +20,34 @@ import torch.utils.checkpoint
 from timm.layers import GELUTanh, lecun_normal_
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from clippo.model.config import ModelConfig, ViTConfig
+from clippo.model.contract import NORM_EPS, ContrastiveModel, l2_normalize, project, prompt_ensemble
 from clippo.model.files import save_model
-from clippo.prompts import fill
 from clippo.render import AnyRenderConfig
 from clippo.render.unifont_torch import to_pixels_torch
 
 if TYPE_CHECKING:
     from clippo.render import Renderer
 
-NORM_EPS = 1e-8  # added to the L2 norm, as big_vision's one_tower does
+# NORM_EPS, l2_normalize and prompt_ensemble live in `clippo.model.contract` (the contract all
+# architectures share); they are still importable from here, as before
+__all__ = [
+    "CLIPPO",
+    "NORM_EPS",
+    "TowerInput",
+    "WeightInit",
+    "at_least_one",
+    "ink_patches",
+    "l2_normalize",
+    "length_buckets",
+    "padding_mask",
+    "prompt_ensemble",
+    "run_blocks",
+    "select_tokens",
+    "vit_features",
+    "vit_tower",
+]
 
 
 def _mlp_ratio(width: int, mlp_dim: int) -> float:
@@ -69,17 +85,19 @@ def vit_tower(
     )
 
 
+def vit_features(vit: VisionTransformer, pixels: Tensor) -> tuple[Tensor, Tensor]:
+    """Every patch through `vit` (a `vit_tower`): pixels [B,3,H,W] -> (encoded [B,N,W], the
+    tokens after encoder_norm; pooled [B,W], the MAP head's or the mean's output)."""
+    encoded = vit.forward_features(pixels)
+    return encoded, vit.forward_head(encoded, pre_logits=True)
+
+
 def _linear(module: nn.Module, path: str) -> nn.Linear:
     """The `nn.Linear` at dotted `path` under `module` (timm types its sub-layers loosely)."""
     layer = module.get_submodule(path)
     if not isinstance(layer, nn.Linear):
         raise TypeError(f"{path}: expected nn.Linear, got {type(layer).__name__}")
     return layer
-
-
-def l2_normalize(x: Tensor) -> Tensor:
-    """`x / (||x||_2 + 1e-8)` over the last axis (not `F.normalize`, which clamps the norm)."""
-    return x / (torch.linalg.vector_norm(x, dim=-1, keepdim=True) + NORM_EPS)
 
 
 @dataclass(frozen=True)
@@ -106,6 +124,40 @@ class TowerInput:
 
 def _pixels(side: Tensor | TowerInput) -> Tensor:
     return side.pixels if isinstance(side, TowerInput) else side
+
+
+def at_least_one(valid: Tensor) -> Tensor:
+    """A copy of bool [B, L] in which a row without any True keeps its first token, so that
+    attention has something to attend to (no host sync: the other rows are unchanged)."""
+    valid = valid.clone()
+    valid[:, 0] |= ~valid.any(1)
+    return valid
+
+
+def padding_mask(valid: Tensor, dtype: torch.dtype) -> Tensor:
+    """valid bool [B, L] -> the additive attention mask [B, 1, 1, L] of `dtype`: 0 on real
+    tokens, -inf on padding (timm's attention, fused or not, adds it to the scores)."""
+    mask = torch.zeros(valid.shape, dtype=dtype, device=valid.device)
+    return mask.masked_fill(~valid, float("-inf"))[:, None, None, :]
+
+
+def run_blocks(
+    x: Tensor,
+    mask: Tensor | None,
+    blocks: Iterable[nn.Module],
+    norm: nn.Module,
+    grad_checkpointing: bool = False,
+) -> Tensor:
+    """Tokens x [B, L, W] through timm ViT `blocks` (each given `mask`, additive [B, 1, 1, L]
+    or None) and the final `norm` -> [B, L, W]. `grad_checkpointing`: recompute each block's
+    activations in the backward pass (under gradients only), as timm's ViT does."""
+    recompute = grad_checkpointing and torch.is_grad_enabled()
+    for block in blocks:
+        if recompute:
+            x = torch.utils.checkpoint.checkpoint(block, x, attn_mask=mask, use_reentrant=False)
+        else:
+            x = block(x, attn_mask=mask)
+    return norm(x)
 
 
 def select_tokens(x: Tensor, keep: Tensor, length: int = 0) -> tuple[Tensor, Tensor]:
@@ -151,41 +203,14 @@ def ink_patches(pixels: Tensor, render: AnyRenderConfig, patch_size: int) -> Ten
     )
 
 
-def prompt_ensemble(
-    encode_texts: Callable[[list[str]], Any],
-    class_names: Sequence[str],
-    templates: Sequence[str],
-    batch_size: int = 256,
-    *,
-    progress: bool = False,
-) -> Tensor:
-    """Zero-shot class embeddings float32 [C, D], big_vision's prompt ensemble.
+class CLIPPO(ContrastiveModel[Tensor | TowerInput]):
+    """One-tower CLIPPO model. Inputs are float pixels NCHW in [-1, 1] (`x/255*2-1`).
 
-    Every template (one "{}", filled with the class name) of every class is embedded by
-    `encode_texts` (a list of at most `batch_size` prompts -> [B, D], torch or numpy, any scale)
-    and L2-normalised; each class's T prompt embeddings are averaged and the mean re-normalised.
-    Names and templates are used as given (`clippo.prompts` has the canonicalisation).
+    The contract it shares with the token baselines (logit scale, `forward`'s dict, batched
+    `encode_texts`, zero-shot classification) is `clippo.model.contract.ContrastiveModel`'s.
     """
-    if not class_names or not templates:
-        raise ValueError("class embeddings need at least one class name and one template")
-    prompts = [fill(tpl, name) for name in class_names for tpl in templates]
-    chunks = []
-    starts = range(0, len(prompts), batch_size)
-    for lo in tqdm(starts, desc="class prompts", disable=not progress, leave=False):
-        batch = prompts[lo : lo + batch_size]
-        z = torch.as_tensor(encode_texts(batch)).float()
-        if z.ndim != 2 or len(z) != len(batch):
-            raise ValueError(
-                f"text encoder returned shape {tuple(z.shape)} for a batch of {len(batch)} "
-                f"prompts; expected [{len(batch)}, D]"
-            )
-        chunks.append(z)
-    z = l2_normalize(torch.cat(chunks))  # [C * T, D]
-    return l2_normalize(z.reshape(len(class_names), len(templates), -1).mean(dim=1))
 
-
-class CLIPPO(nn.Module):
-    """One-tower CLIPPO model. Inputs are float pixels NCHW in [-1, 1] (`x/255*2-1`)."""
+    config: ModelConfig
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -269,21 +294,10 @@ class CLIPPO(nn.Module):
         `_encode_kept`); "{prefix}/encoded" is then the packed tokens [B, L, W].
         """
         if keep is None:
-            encoded = self.vit.forward_features(pixels)  # [B, N, W], after encoder_norm
-            pre_logits = self.vit.forward_head(encoded, pre_logits=True)  # [B, W], pooled
+            encoded, pre_logits = vit_features(self.vit, pixels)  # [B, N, W], [B, W]
         else:
             encoded, pre_logits = self._encode_kept(pixels, keep, pad_to, out is not None)
-        logits = self.head(pre_logits)  # [B, D]
-        norm = torch.linalg.vector_norm(logits, dim=-1, keepdim=True)  # [B, 1]
-        z = logits / (norm + NORM_EPS)
-        if out is not None:
-            out[f"{prefix}/encoded"] = encoded
-            out[f"{prefix}/head_input"] = pre_logits
-            out[f"{prefix}/pre_logits"] = pre_logits
-            out[f"{prefix}/logits"] = logits
-            out[f"{prefix}/norm"] = norm
-            out[f"{prefix}/normalized"] = z
-        return z
+        return project(self.head, pre_logits, encoded, prefix, out)
 
     def _encode_kept(
         self, pixels: Tensor, keep: Tensor, pad_to: int = 0, with_encoded: bool = False
@@ -307,9 +321,7 @@ class CLIPPO(nn.Module):
                 f"token mask has shape {tuple(keep.shape)}; the model makes {tuple(x.shape[:2])} "
                 "tokens (ink masks are per patch: [B, H/patch, W/patch])"
             )
-        keep = keep.clone()
-        keep[keep.sum(1) == 0, 0] = True
-        checkpoint = vit.grad_checkpointing and torch.is_grad_enabled()
+        keep = at_least_one(keep)
         groups = length_buckets(keep.sum(1))
         pooled, encoded = [], []
         for rows in groups:
@@ -318,17 +330,8 @@ class CLIPPO(nn.Module):
             tokens, valid = select_tokens(*sub, pad_to)
             mask = None  # rows of equal length (patch dropout, full canvases): no padding,
             if not bool(valid.all()):  # and attention may take its fused mask-free kernels
-                # an additive mask: timm's attention (fused or not) adds it to the scores
-                mask = torch.zeros(valid.shape, dtype=tokens.dtype, device=x.device)
-                mask = mask.masked_fill(~valid, float("-inf"))[:, None, None, :]  # [b,1,1,L]
-            for block in vit.blocks:
-                if checkpoint:
-                    tokens = torch.utils.checkpoint.checkpoint(
-                        block, tokens, attn_mask=mask, use_reentrant=False
-                    )
-                else:
-                    tokens = block(tokens, attn_mask=mask)
-            tokens = vit.norm(tokens)
+                mask = padding_mask(valid, tokens.dtype)  # [b, 1, 1, L]
+            tokens = run_blocks(tokens, mask, vit.blocks, vit.norm, vit.grad_checkpointing)
             pooled.append(vit.attn_pool(tokens, attn_mask=mask))
             if with_encoded:
                 encoded.append(tokens)
@@ -409,7 +412,7 @@ class CLIPPO(nn.Module):
         ink-only model)."""
         if ink is not None:
             return self._encode_kept(pixels, ink.reshape(len(ink), -1))[1]
-        return self.vit.forward_head(self.vit.forward_features(pixels), pre_logits=True)
+        return vit_features(self.vit, pixels)[1]
 
     @property
     def renderer(self) -> Renderer:
@@ -433,24 +436,13 @@ class CLIPPO(nn.Module):
         `ink_only=True` encodes only the patches with ink (cheaper for short texts); None (the
         default) does what the model was trained with (`config.ink_only_text`).
         """
-        if ink_only is None:
-            ink_only = self.config.ink_only_text
-        if isinstance(texts, str | bytes):
-            raise TypeError("encode_texts takes a list of strings, not a single string")
-        texts = list(texts)
-        if not texts:
-            return torch.empty(0, self.config.out_dim, device=self.t.device)
-        chunks = []
-        for i in range(0, len(texts), batch_size):
-            pixels = self.render_texts(texts[i : i + batch_size])
-            ink = self.ink_of(pixels) if ink_only else None
-            chunks.append(self.encode(pixels.to(self.t.dtype), ink))
-        return torch.cat(chunks)
+        use_ink = self.config.ink_only_text if ink_only is None else ink_only
 
-    @property
-    def logit_scale(self) -> Tensor:
-        """exp(t), the scale applied to cosine similarities (a 0-d tensor)."""
-        return self.t.exp()[0]
+        def encode_batch(batch: list[str]) -> Tensor:
+            pixels = self.render_texts(batch)
+            return self.encode(pixels.to(self.t.dtype), self.ink_of(pixels) if use_ink else None)
+
+        return self._encode_text_batches(texts, batch_size, encode_batch)
 
     def forward(
         self,
@@ -469,51 +461,16 @@ class CLIPPO(nn.Module):
         `token_keep` says (ink-only texts, patch dropout on photos in training); "encoded" is
         then the packed tokens [B,L,W].
         """
-        if images is None and texts is None:
-            raise ValueError("CLIPPO.forward needs images, texts or both")
-        out: dict[str, Tensor] = {}
-        extra = out if intermediates else None
         # two separate calls through the same tower, as big_vision does
-        if images is not None:
-            keep = self.token_keep(images, photos=True)
-            out["zimg"] = self._tower(_pixels(images), "img", extra, keep)
-        if texts is not None:
-            keep = self.token_keep(texts, photos=False)
-            out["ztxt"] = self._tower(_pixels(texts), "txt", extra, keep)
-        out["logit_scale"] = self.logit_scale
-        if images is not None and texts is not None:
-            out["logits"] = out["zimg"] @ out["ztxt"].T * out["logit_scale"]
-        return out
+        return self._pair_outputs(images, texts, intermediates, self._side)
 
-    # ---- zero-shot classification -------------------------------------------------------------
-
-    @torch.no_grad()
-    def class_embeddings(
-        self, class_names: Sequence[str], templates: Sequence[str], batch_size: int = 256
+    def _side(
+        self, side: Tensor | TowerInput, prefix: str, out: dict[str, Tensor] | None
     ) -> Tensor:
-        """Prompt-ensemble class embeddings [C,D] of this model (`prompt_ensemble`).
-
-        Each template holds one "{}" that the class name replaces. Names and templates are used
-        as given; `clippo.prompts` has big_vision's canonicalisation and its `clip_paper` list.
-        """
-        return prompt_ensemble(self.encode_texts, class_names, templates, batch_size)
-
-    @torch.no_grad()
-    def classify(
-        self,
-        images: Tensor,
-        class_names: Sequence[str],
-        templates: Sequence[str],
-        class_embeddings: Tensor | None = None,
-    ) -> Tensor:
-        """Zero-shot prediction: pixels [B,3,H,W] -> class indices LongTensor [B].
-
-        Pass `class_embeddings` (from `self.class_embeddings`) to reuse them across batches.
-        """
-        if class_embeddings is None:
-            class_embeddings = self.class_embeddings(class_names, templates)
-        zimg = self.encode(images).float()
-        return (zimg @ class_embeddings.to(zimg.device).T).argmax(dim=1)
+        """One side of a pair batch -> [B,D]: plain pixels of the "img" side are photos, of the
+        "txt" side rendered texts; tokens are dropped as `token_keep` says."""
+        keep = self.token_keep(side, photos=prefix == "img")
+        return self._tower(_pixels(side), prefix, out, keep)
 
     # ---- persistence --------------------------------------------------------------------------
 

@@ -15,19 +15,19 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from clippo import typed_config
 from clippo.model.config import ModelConfig, ViTConfig
+from clippo.model.contract import ContrastiveModel, project
 from clippo.model.files import save_model
-from clippo.model.one_tower import CLIPPO, NORM_EPS, prompt_ensemble
+from clippo.model.one_tower import CLIPPO, at_least_one, padding_mask, run_blocks, vit_features
 from clippo.model.tokenizer import DEFAULT_MAX_LENGTH, TOKENIZER_FILE, TextTokenizer
 
 __all__ = ["MixedSide", "TokenEmbedding", "TokenModel", "TokenModelConfig", "encode_sequence"]
@@ -128,7 +128,7 @@ def encode_sequence(
     Runs timm ViT `blocks` (a Sequential), the final `norm` and the pooling: MAP (`pool` an
     `AttentionPoolLatent`), "gap" (the mean over the valid tokens) or "last" (the last valid
     token: the closing `</s>` of a `TextTokenizer` text). Padding is an additive -inf in every
-    attention (timm adds `attn_mask` to the scores), as in CLIPPO's ink-only mode. A row without
+    attention (`padding_mask`, `run_blocks`: the pass of CLIPPO's ink-only mode). A row without
     any valid token keeps its first one, so that there is something to attend to.
     `grad_checkpointing`: recompute each block's activations in the backward pass (under
     gradients only), as timm's ViT does for the image side.
@@ -136,17 +136,9 @@ def encode_sequence(
     valid = valid.to(x.device, torch.bool)
     if valid.shape != x.shape[:2]:
         raise ValueError(f"mask of shape {tuple(valid.shape)} for tokens {tuple(x.shape[:2])}")
-    valid = valid.clone()
-    valid[:, 0] |= ~valid.any(1)  # no host sync: rows with a valid token are unchanged
-    mask = torch.zeros(valid.shape, dtype=x.dtype, device=x.device)
-    mask = mask.masked_fill(~valid, float("-inf"))[:, None, None, :]  # [B, 1, 1, L]
-    recompute = grad_checkpointing and torch.is_grad_enabled()
-    for block in blocks:
-        if recompute:
-            x = checkpoint(block, x, mask, use_reentrant=False)  # Block(x, attn_mask)
-        else:
-            x = block(x, attn_mask=mask)
-    x = norm(x)
+    valid = at_least_one(valid)
+    mask = padding_mask(valid, x.dtype)  # [B, 1, 1, L]
+    x = run_blocks(x, mask, blocks, norm, grad_checkpointing)
     if pool == "last":
         positions = torch.arange(valid.shape[1], device=x.device)
         last = (positions * valid).amax(1)  # [B]
@@ -199,7 +191,7 @@ class MixedSide:
         return MixedSide(self.is_text[start:stop], self.pixels[photos], self.ids[texts], mask)
 
 
-class TokenModel(nn.Module, ABC):
+class TokenModel(ContrastiveModel[Tensor | MixedSide]):
     """The contract of `CLIPPO` for a model that reads texts as tokens.
 
     Images: `encode_images(pixels [B,3,H,W] in [-1,1]) -> [B,D]` through CLIPPO's tower
@@ -208,10 +200,12 @@ class TokenModel(nn.Module, ABC):
     is the tensor entry point (the training pipeline's). `forward` takes either kind on either
     side: floating pixels go through the image tower, integer token ids through the text one.
 
-    Subclasses build the text side (`_build_text`) and run it (`_text_features`).
+    Subclasses build the text side (`_build_text`) and run it (`_text_features`). What CLIPPO
+    and the baselines share is written once in `clippo.model.contract.ContrastiveModel`.
     """
 
     architecture: ClassVar[str]  # the name in `clippo.model.architectures.ARCHITECTURES`
+    config: TokenModelConfig
 
     def __init__(self, config: TokenModelConfig, tokenizer: TextTokenizer | None = None) -> None:
         super().__init__()
@@ -254,31 +248,9 @@ class TokenModel(nn.Module, ABC):
 
     # ---- towers -------------------------------------------------------------------------------
 
-    @staticmethod
-    def _project(
-        pre_logits: Tensor,
-        head: nn.Module,
-        prefix: str,
-        encoded: Tensor,
-        out: dict[str, Tensor] | None,
-    ) -> Tensor:
-        """pooled [B, W] -> normalised [B, D], with CLIPPO's named intermediates in `out`."""
-        logits = head(pre_logits)  # [B, D]
-        norm = torch.linalg.vector_norm(logits, dim=-1, keepdim=True)  # [B, 1]
-        z = logits / (norm + NORM_EPS)
-        if out is not None:
-            out[f"{prefix}/encoded"] = encoded
-            out[f"{prefix}/head_input"] = pre_logits
-            out[f"{prefix}/pre_logits"] = pre_logits
-            out[f"{prefix}/logits"] = logits
-            out[f"{prefix}/norm"] = norm
-            out[f"{prefix}/normalized"] = z
-        return z
-
     def _image_tower(self, pixels: Tensor, prefix: str, out: dict[str, Tensor] | None) -> Tensor:
-        encoded = self.vit.forward_features(pixels)  # [B, N, W], after encoder_norm
-        pre_logits = self.vit.forward_head(encoded, pre_logits=True)  # [B, W]
-        return self._project(pre_logits, self.head, prefix, encoded, out)
+        encoded, pre_logits = vit_features(self.vit, pixels)  # [B, N, W], [B, W]
+        return project(self.head, pre_logits, encoded, prefix, out)
 
     def _token_tower(
         self, ids: Tensor, mask: Tensor | None, prefix: str, out: dict[str, Tensor] | None
@@ -289,7 +261,7 @@ class TokenModel(nn.Module, ABC):
             )
         valid = self.pad_mask(ids) if mask is None else mask
         encoded, pre_logits = self._text_features(ids.long(), valid)
-        return self._project(pre_logits, self._text_head(), prefix, encoded, out)
+        return project(self._text_head(), pre_logits, encoded, prefix, out)
 
     def _side(
         self,
@@ -334,7 +306,7 @@ class TokenModel(nn.Module, ABC):
 
     def pooled(self, pixels: Tensor) -> Tensor:
         """Float pixels [B,3,H,W] -> the image tower's pooled representation [B, width]."""
-        return self.vit.forward_head(self.vit.forward_features(pixels), pre_logits=True)
+        return vit_features(self.vit, pixels)[1]
 
     def encode_tokens(self, ids: Tensor, mask: Tensor | None = None) -> Tensor:
         """Token ids LongTensor [B, L<=max_length] and mask bool [B, L] (True on real tokens;
@@ -353,21 +325,9 @@ class TokenModel(nn.Module, ABC):
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> Tensor:
         """Tokenise with the model's tokenizer, then encode: list of B strings -> [B,D]."""
-        if isinstance(texts, str | bytes):
-            raise TypeError("encode_texts takes a list of strings, not a single string")
-        texts = list(texts)
-        if not texts:
-            return torch.empty(0, self.config.out_dim, device=self.t.device)
-        chunks = [
-            self.encode_tokens(*self.tokenize(texts[i : i + batch_size]))
-            for i in range(0, len(texts), batch_size)
-        ]
-        return torch.cat(chunks)
-
-    @property
-    def logit_scale(self) -> Tensor:
-        """exp(t), the scale applied to cosine similarities (a 0-d tensor)."""
-        return self.t.exp()[0]
+        return self._encode_text_batches(
+            texts, batch_size, lambda batch: self.encode_tokens(*self.tokenize(batch))
+        )
 
     def forward(
         self,
@@ -388,41 +348,12 @@ class TokenModel(nn.Module, ABC):
         text/text pairs; no intermediates then). `images_mask`/`texts_mask` (bool [B, L]) go
         with a side of ids; None means everything but `<pad>`.
         """
-        if images is None and texts is None:
-            raise ValueError(f"{type(self).__name__}.forward needs images, texts or both")
-        out: dict[str, Tensor] = {}
-        extra = out if intermediates else None
-        if images is not None:
-            out["zimg"] = self._side(images, images_mask, "img", extra)
-        if texts is not None:
-            out["ztxt"] = self._side(texts, texts_mask, "txt", extra)
-        out["logit_scale"] = self.logit_scale
-        if images is not None and texts is not None:
-            out["logits"] = out["zimg"] @ out["ztxt"].T * out["logit_scale"]
-        return out
+        masks = {"img": images_mask, "txt": texts_mask}  # each side's, by its prefix
 
-    # ---- zero-shot classification -------------------------------------------------------------
+        def tower(x: Tensor | MixedSide, prefix: str, out: dict[str, Tensor] | None) -> Tensor:
+            return self._side(x, masks[prefix], prefix, out)
 
-    @torch.no_grad()
-    def class_embeddings(
-        self, class_names: Sequence[str], templates: Sequence[str], batch_size: int = 256
-    ) -> Tensor:
-        """Prompt-ensemble class embeddings [C,D] (`clippo.model.one_tower.prompt_ensemble`)."""
-        return prompt_ensemble(self.encode_texts, class_names, templates, batch_size)
-
-    @torch.no_grad()
-    def classify(
-        self,
-        images: Tensor,
-        class_names: Sequence[str],
-        templates: Sequence[str],
-        class_embeddings: Tensor | None = None,
-    ) -> Tensor:
-        """Zero-shot prediction: pixels [B,3,H,W] -> class indices LongTensor [B]."""
-        if class_embeddings is None:
-            class_embeddings = self.class_embeddings(class_names, templates)
-        zimg = self.encode_images(images).float()
-        return (zimg @ class_embeddings.to(zimg.device).T).argmax(dim=1)
+        return self._pair_outputs(images, texts, intermediates, tower)
 
     # ---- persistence --------------------------------------------------------------------------
 
