@@ -16,7 +16,14 @@ fine-tunes a copy of the model with a head through the trainer (run folder
 predicts dev (and test) with the tuned model; nothing is cached as features, since the encoder
 changes. Fine-tuning renders pairs as one image (`pair_mode="render"` only).
 
-Returns the `results.json` body: `metrics.<name>.{seeds, mean, std}` for every evaluated entry
+A token baseline (CLIP*, 1T-CLIP: no renderer) reads every sentence through its text side
+(`extract_text_features`: its tokenizer, then the pooled `txt/pre_logits`), and a pair in
+"concat" mode. It cannot read a pair drawn as one image, so `pair_mode="render"` with a pair
+task is an error naming the option (not a silent switch: the options in results.json then say
+what ran), as is `mode="finetune"`, which tunes the encoder on rendered text.
+
+Returns the `results.json` body: `architecture` (the model's registry name),
+`metrics.<name>.{seeds, mean, std}` for every evaluated entry
 (`mnli_m`, `mnli_mm`, ...), `metrics.average_clippo` / `metrics.average_glue` (null, with the
 missing entries listed under `averages`, unless every task they need was run),
 `baseline.majority.<name>` (the most frequent train label predicted for every row), and per
@@ -34,7 +41,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from clippo.eval.features import ToImages, combine_pair, extract_features
+from clippo.eval.features import (
+    Encoder,
+    ToImages,
+    combine_pair,
+    extract_features,
+    extract_text_features,
+)
 from clippo.eval.finetune import FinetuneConfig, config_dict, finetune
 from clippo.eval.glue_data import (
     predictions_filename,
@@ -45,7 +58,9 @@ from clippo.eval.glue_data import (
 from clippo.eval.glue_metrics import average_clippo, average_glue, task_metrics
 from clippo.eval.glue_tasks import GLUE_TASKS, GlueSplit, GlueTask
 from clippo.eval.heads import FittedHead, HeadConfig, HeadKind, fit_head
+from clippo.model.architectures import architecture_of
 from clippo.model.one_tower import CLIPPO
+from clippo.model.token_model import TokenModel
 from clippo.render import render_pair
 
 PairMode = Literal["render", "concat"]
@@ -108,10 +123,37 @@ def parse_tasks(text: str) -> tuple[str, ...]:
 class _Encoder:
     """Rows of a split -> features, in the suite's pair mode, cached per split."""
 
-    def __init__(self, model: CLIPPO, options: GlueOptions, device: Any, bf16: bool) -> None:
+    def __init__(self, model: Encoder, options: GlueOptions, device: Any, bf16: bool) -> None:
         self.model, self.options, self.device, self.bf16 = model, options, device, bf16
 
-    def _features(self, items: Sequence[Any], render: Callable, desc: str, part: str) -> np.ndarray:
+    def _key(self, part: str) -> dict[str, Any]:
+        return {"suite": "glue", "pair_mode": self.options.pair_mode, "part": part}
+
+    def _texts(self, texts: list[str], desc: str, part: str) -> np.ndarray:
+        o = self.options
+        return extract_text_features(
+            self.model,
+            texts,
+            batch_size=o.batch_size,
+            device=self.device,
+            bf16=self.bf16,
+            cache_dir=o.cache_dir,
+            key=self._key(part),
+            desc=desc,
+        )
+
+    def __call__(self, split: GlueSplit) -> np.ndarray:
+        desc = f"{split.task} {split.split}"
+        a = [ex.text_a for ex in split.examples]
+        b = [ex.text_b for ex in split.examples]
+        if not b or b[0] is None:  # a single-sentence task
+            return self._texts(a, desc, "a")
+        if self.options.pair_mode == "concat":
+            first = self._texts(a, desc + " (first)", "a")
+            return combine_pair(first, self._texts([t or "" for t in b], desc + " (second)", "b"))
+        if not isinstance(self.model, CLIPPO):  # run_glue refuses this first (check_model)
+            raise ValueError("pair_mode 'render' needs a model that reads rendered text")
+        items, render = _rendered(self.model, split)
         o = self.options
         return extract_features(
             self.model,
@@ -121,22 +163,10 @@ class _Encoder:
             device=self.device,
             bf16=self.bf16,
             cache_dir=o.cache_dir,
-            key={"suite": "glue", "pair_mode": o.pair_mode, "part": part},
+            key=self._key("pair"),
             desc=desc,
             ink_only=self.model.config.ink_only_text,  # as the model was trained
         )
-
-    def __call__(self, split: GlueSplit) -> np.ndarray:
-        renderer = self.model.renderer
-        desc = f"{split.task} {split.split}"
-        a = [ex.text_a for ex in split.examples]
-        b = [ex.text_b for ex in split.examples]
-        if (b and b[0] is None) or self.options.pair_mode == "render":
-            items, render = _rendered(self.model, split)
-            return self._features(items, render, desc, "a" if b and b[0] is None else "pair")
-        u = self._features(a, renderer.render_batch, desc + " (first)", "a")
-        v = self._features(b, renderer.render_batch, desc + " (second)", "b")
-        return combine_pair(u, v)
 
 
 def _rendered(model: CLIPPO, split: GlueSplit) -> tuple[list[Any], ToImages]:
@@ -281,8 +311,29 @@ def _summary(per_seed: list[dict[str, float]]) -> dict[str, Any]:
     return {"seeds": per_seed, "mean": mean, "std": std}
 
 
+def check_model(model: Encoder, options: GlueOptions) -> None:
+    """Raise ValueError, naming the option, when `model` cannot run `options`: a token model
+    reads texts as tokens, so neither a pair drawn as one image nor fine-tuning on rendered
+    text applies to it."""
+    if not isinstance(model, TokenModel):
+        return
+    name = architecture_of(model)
+    if options.mode == "finetune":
+        raise ValueError(
+            f"mode 'finetune' (--mode finetune) tunes the encoder on rendered text; a {name} "
+            "model reads tokens: use mode 'frozen'"
+        )
+    pairs = [t for t in options.tasks if GLUE_TASKS[t].text_columns[1] is not None]
+    if pairs and options.pair_mode == "render":
+        raise ValueError(
+            f"pair_mode 'render' (--pair-mode render) draws each pair of {', '.join(pairs)} as "
+            f"one image; a {name} model reads sentences as tokens: use pair_mode 'concat' "
+            "(--pair-mode concat)"
+        )
+
+
 def run_glue(
-    model: CLIPPO,
+    model: Encoder,
     options: GlueOptions,
     out_dir: str | os.PathLike,
     *,
@@ -291,6 +342,7 @@ def run_glue(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Evaluate `options.tasks`; write predictions (and the submission) under `out_dir`."""
+    check_model(model, options)
     out = Path(out_dir)
     encode = _Encoder(model, options, device, bf16)
 
@@ -314,6 +366,7 @@ def run_glue(
         y_train = _labels(train, task)
         fitter: _Frozen | _Finetune
         if options.mode == "finetune":
+            assert isinstance(model, CLIPPO)  # check_model refused the others
             fitter = _Finetune(model, options, task, train, out, device, bf16, log)
         else:
             fitter = _Frozen(encode, task, train, options.head)
@@ -361,6 +414,7 @@ def run_glue(
         metrics[label] = avg.value
         averages[label] = {"missing": list(avg.missing), "parts": dict(avg.parts)}
     result: dict[str, Any] = {
+        "architecture": architecture_of(model),
         "mode": options.mode,
         **(
             {"finetune": config_dict(finetune_config(options))}

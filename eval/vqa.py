@@ -11,6 +11,13 @@ image with `render_on_image` and the model's own renderer: the question in a ban
 a slice held out from train (`clippo.eval.heads`). The predicted answer is the vocabulary entry
 with the highest score.
 
+A token baseline (CLIP*, 1T-CLIP: no renderer, its image tower never learned to read) is
+evaluated as two-tower models are: the feature of a question is `[image tower's pooled photo,
+text side's pooled question]`, float32 [N, 2 * width], the photo whole (no band) and the
+question through its tokenizer (`extract_text_features`), each cached apart (a photo once,
+however many questions ask about it). `band` does not apply to it (an error when given, and
+`band` is null in the results), nor does `mode="finetune"`, which tunes on rendered questions.
+
 With `mode="finetune"`, per seed a copy of the model is fine-tuned with the answer head through
 the trainer (`clippo.eval.finetune`; run folder `out_dir/finetune/vqa/seed<k>`, resumed when it
 already holds the finished run, `max_train_steps` steps when > 0), selected on the same held-out
@@ -29,8 +36,8 @@ Writes `OUT_DIR/vqa_OpenEnded_mscoco_<eval split>_clippo_results.json` (seed 0's
 evaluated question). Returns the `results.json` body: for an annotated eval split,
 `metrics.overall`, `metrics.per_answer_type.<type>`, `metrics.per_question_type.<type>`, each
 {seeds, mean, std} as in the GLUE suite, and `baseline.majority` (the most frequent train answer
-for every question, scored the same way); for a test split no metrics. Also the vocabulary size,
-the eval split's answer coverage, the rows read, and each seed's selection.
+for every question, scored the same way); for a test split no metrics. Also the model's architecture, the
+vocabulary size, the eval split's answer coverage, the rows read, and each seed's selection.
 """
 
 from __future__ import annotations
@@ -49,7 +56,13 @@ from PIL import Image
 
 from clippo.data.images import ImageDecodeError, decode_image
 from clippo.errors import DataError
-from clippo.eval.features import data_fingerprint, extract_features
+from clippo.eval.features import (
+    Encoder,
+    combine_photo_question,
+    data_fingerprint,
+    extract_features,
+    extract_text_features,
+)
 from clippo.eval.finetune import FinetuneConfig, config_dict, finetune
 from clippo.eval.heads import FittedHead, HeadConfig, fit_head
 from clippo.eval.vqa_data import (
@@ -64,7 +77,9 @@ from clippo.eval.vqa_data import (
     write_results,
 )
 from clippo.eval.vqa_metric import normalize_answer, vqa_accuracy
+from clippo.model.architectures import architecture_of
 from clippo.model.one_tower import CLIPPO
+from clippo.model.token_model import TokenModel
 from clippo.render import render_on_image
 
 # One learning rate x two weight decays, 10 epochs (at least 200 steps): per seed two fits on
@@ -121,10 +136,12 @@ class VqaOptions:
 
 class _Photos:
     """(photo, question) records -> uint8 [B, S, S, 3]: photos decoded and resized to the
-    band's complement in `pool`, then drawn under the question by `render_on_image`."""
+    band's complement in `pool`, then drawn under the question by `render_on_image`; for a
+    token model (no renderer; `band` 0) the photos alone."""
 
-    def __init__(self, model: CLIPPO, band: int, pool: Executor | None) -> None:
-        self.renderer, self.band, self.pool = model.renderer, band, pool
+    def __init__(self, model: Encoder, band: int, pool: Executor | None) -> None:
+        self.renderer = model.renderer if isinstance(model, CLIPPO) else None
+        self.band, self.pool = band, pool
         self.size = model.config.vit.image_size
 
     def _photo(self, record: VQARecord) -> Image.Image | np.ndarray:
@@ -142,6 +159,8 @@ class _Photos:
 
     def __call__(self, batch: Sequence[VQARecord]) -> np.ndarray:
         photos = list(self.pool.map(self._photo, batch) if self.pool else map(self._photo, batch))
+        if self.renderer is None:  # a token model: the photo alone, whole
+            return np.stack([np.asarray(photo, np.uint8) for photo in photos])
         return np.stack(
             [
                 render_on_image(self.renderer, photo, r.question, self.band)
@@ -215,8 +234,52 @@ def finetune_config(options: VqaOptions) -> FinetuneConfig:
 SeedScores = Iterator[tuple[np.ndarray, dict[str, Any]]]
 
 
+def _token_features(
+    model: TokenModel,
+    o: VqaOptions,
+    split: str,
+    records: list[VQARecord],
+    to_images: _Photos,
+    device: Any,
+    bf16: bool,
+) -> np.ndarray:
+    """A token model's features of `records`: [image tower's pooled photo, text side's pooled
+    question], float32 [N, 2 * width]; each distinct photo and question encoded once."""
+    row_of: dict[Path, int] = {}  # photo -> its row in `photos`
+    photos: list[VQARecord] = []
+    for r in records:
+        if r.image_path not in row_of:
+            row_of[r.image_path] = len(photos)
+            photos.append(r)
+    questions = list(dict.fromkeys(r.question for r in records))
+    common = dict(batch_size=o.batch_size, device=device, bf16=bf16, cache_dir=o.cache_dir)
+    z_photo = extract_features(
+        model,
+        photos,
+        to_images,
+        key={"suite": "vqa", "part": "photo"},
+        data_key=_data_key(split, photos),
+        desc=f"vqa {split} photos",
+        **common,
+    )
+    z_question = extract_text_features(
+        model,
+        questions,
+        key={"suite": "vqa", "part": "question"},
+        desc=f"vqa {split} questions",
+        **common,
+    )
+    q_row = {q: i for i, q in enumerate(questions)}
+    return combine_photo_question(
+        z_photo,
+        [row_of[r.image_path] for r in records],
+        z_question,
+        [q_row[r.question] for r in records],
+    )
+
+
 def _frozen(
-    model: CLIPPO,
+    model: Encoder,
     o: VqaOptions,
     train: list[VQARecord],
     y_train: torch.Tensor,
@@ -230,6 +293,8 @@ def _frozen(
     """Frozen mode: features once per split (cached), then a head per seed."""
 
     def features(split: str, records: list[VQARecord]) -> np.ndarray:
+        if isinstance(model, TokenModel):
+            return _token_features(model, o, split, records, to_images, device, bf16)
         return extract_features(
             model,
             records,
@@ -302,8 +367,26 @@ def _finetuned(
     return iter(out)
 
 
+def check_model(model: Encoder, options: VqaOptions) -> None:
+    """Raise ValueError, naming the option, when `model` cannot run `options`: a token model
+    reads the question as tokens, so no band is drawn and nothing is fine-tuned on it."""
+    if not isinstance(model, TokenModel):
+        return
+    name = architecture_of(model)
+    if options.mode == "finetune":
+        raise ValueError(
+            f"mode 'finetune' (--mode finetune) tunes the encoder on rendered questions; a "
+            f"{name} model reads tokens: use mode 'frozen'"
+        )
+    if options.band is not None:
+        raise ValueError(
+            f"band={options.band} (--band): a {name} model reads the question as tokens, "
+            "beside the whole photo; leave band unset"
+        )
+
+
 def run_vqa(
-    model: CLIPPO,
+    model: Encoder,
     options: VqaOptions,
     out_dir: str | os.PathLike,
     *,
@@ -313,9 +396,11 @@ def run_vqa(
 ) -> dict[str, Any]:
     """Train heads on `options.train_split`, answer `options.eval_split`; write the official
     results file under `out_dir` and return the results.json body (module docstring)."""
+    check_model(model, options)
     o = options
     size = model.config.vit.image_size
-    band = size // 2 if o.band is None else o.band
+    tokens = isinstance(model, TokenModel)
+    band = 0 if tokens else size // 2 if o.band is None else o.band
     if band > size:
         raise ValueError(f"band={band} px is taller than the model's {size} px image")
     cap = o.max_examples or None
@@ -332,6 +417,7 @@ def run_vqa(
     try:
         to_images = _Photos(model, band, pool)
         if o.mode == "finetune":
+            assert isinstance(model, CLIPPO)  # check_model refused the others
             seeds = _finetuned(
                 model, o, train, y_train, evaluated, to_images, vocab, out_dir, device, bf16, log
             )
@@ -357,6 +443,7 @@ def run_vqa(
             log(f"vqa {o.eval_split} seed {seed}: overall {per_seed[-1]['overall']:.4f}")
 
     result: dict[str, Any] = {
+        "architecture": architecture_of(model),
         "results_file": str(written),
         "vocab_size": len(vocab),
         "train": {
@@ -370,7 +457,7 @@ def run_vqa(
             "rows": len(evaluated),
             "answer_coverage": None if test else answer_coverage(evaluated, vocab),
         },
-        "band": band,
+        "band": None if tokens else band,
         "mode": o.mode,
         "selection": selections,
     }

@@ -23,6 +23,10 @@ from the head's train rows. Each number comes with the majority-answer baseline 
   agree). The pairs use the three short templates (3 lines each at 96 px), so both modes see
   the same pairs; with all ten templates (captions of 3-5 lines, too long for two to an image)
   concat mode scored 0.705 / 0.65.
+
+The scoring (the head, the metrics, the majority baselines) is `score_vqa` and `score_pairs`,
+which take features of any model: `clippo.commands.compare_tasks` feeds them the token
+baselines' features, so the numbers compare row to row.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from typing import Any, Literal
 import numpy as np
 
 from clippo.data import synthetic
-from clippo.eval.features import combine_pair, extract_features
+from clippo.eval.features import combine_pair, extract_features, extract_text_features
 from clippo.eval.glue_metrics import task_metrics
 from clippo.eval.heads import FittedHead, HeadConfig, fit_head
 from clippo.eval.vqa_metric import vqa_scores
@@ -90,36 +94,31 @@ def _rows_fit(renderer: Any, texts: Sequence[str], rows: int, what: str) -> None
         )
 
 
-def vqa_task(
-    model: Any, world: synthetic.SyntheticConfig, plan: TaskPlan, seed: int = 0
-) -> dict[str, Any]:
-    """-> {"metrics": {"vqa/accuracy", "vqa/<kind>"...}, "baseline": {same keys},
-    "answers": vocabulary, "selection": the head's, "rows": {"train", "eval"}}."""
-    renderer = model.renderer
-    _rows_fit(renderer, list(synthetic.VQA_QUESTIONS.values()), plan.band // 16, "VQA question")
-    train = synthetic.vqa_set(world, "train", plan.vqa_train_scenes)
-    test = synthetic.vqa_set(world, "heldout", plan.vqa_eval_scenes)
-
-    def features(data: synthetic.VQASet, desc: str) -> np.ndarray:
-        def to_images(rows: Sequence[int]) -> np.ndarray:
-            return np.stack(
-                [
-                    render_on_image(
-                        renderer, data.images[data.image_ids[j]], data.questions[j], plan.band
-                    )
-                    for j in rows
-                ]
-            )
-
-        rows = list(range(len(data.questions)))
-        return extract_features(
-            model, rows, to_images, batch_size=plan.batch_size, desc=desc, progress=False
+def _check_rows(task: str, x_train: np.ndarray, x_test: np.ndarray, train: int, test: int) -> None:
+    if len(x_train) != train or len(x_test) != test:
+        raise ValueError(
+            f"{task}: features of {len(x_train)} train and {len(x_test)} eval rows for sets of "
+            f"{train} and {test}"
         )
 
+
+def score_vqa(
+    train: synthetic.VQASet,
+    test: synthetic.VQASet,
+    x_train: np.ndarray,
+    x_test: np.ndarray,
+    plan: TaskPlan,
+    seed: int,
+) -> dict[str, Any]:
+    """The VQA task scored on features of its rows, x_train float [len(train.questions), D] and
+    x_test [len(test.questions), D]: a head (`plan.head`, seeded) on train, asked about test ->
+    {"metrics": {"vqa/accuracy", "vqa/<kind>"...}, "baseline": {same keys}, "answers":
+    vocabulary, "majority_answers", "selection": the head's, "rows": {"train", "eval"}}."""
+    _check_rows("vqa", x_train, x_test, len(train.answers), len(test.answers))
     vocab = sorted(set(train.answers))
     y = np.array([vocab.index(a) for a in train.answers], dtype=np.int64)
-    head = _fit(features(train, "vqa train"), y, len(vocab), plan, seed)
-    predicted = [vocab[k] for k in head.predict(features(test, "vqa eval")).argmax(1)]
+    head = _fit(x_train, y, len(vocab), plan, seed)
+    predicted = [vocab[k] for k in head.predict(x_test).argmax(1)]
     # the most frequent training answer to each question (ties: the first in sorted order)
     prior = {
         kind: min(
@@ -141,34 +140,90 @@ def vqa_task(
         "baseline": baseline,
         "answers": vocab,
         "majority_answers": prior,
-        "band": plan.band,
         "selection": head.selection,
         "rows": {"train": len(y), "eval": len(scores)},
     }
 
 
-def pair_task(
-    model: Any, world: synthetic.SyntheticConfig, plan: TaskPlan, seed: int = 0
+def score_pairs(
+    train: synthetic.PairSet,
+    test: synthetic.PairSet,
+    x_train: np.ndarray,
+    x_test: np.ndarray,
+    plan: TaskPlan,
+    seed: int,
 ) -> dict[str, Any]:
-    """-> {"metrics": {"pairs/accuracy", "pairs/f1"}, "baseline": {same keys}, "selection",
-    "rows"}: the MRPC-style paraphrase task on the demo's captions."""
-    renderer = model.renderer
-    rows = world.image_size // 16
+    """The paraphrase task scored on features of its pairs, x_train float [len(train.a), D] and
+    x_test [len(test.a), D]: a head on train, MRPC's metrics on test -> {"metrics":
+    {"pairs/accuracy", "pairs/f1"}, "baseline": {same keys}, "majority_label", "selection",
+    "rows"}."""
+    _check_rows("pairs", x_train, x_test, len(train.labels), len(test.labels))
+    head = _fit(x_train, train.labels, 2, plan, seed)
+    predicted = head.predict(x_test).argmax(1)
+    majority = int(train.labels.mean() >= 0.5)
+    got = task_metrics("mrpc", predicted, test.labels)
+    base = task_metrics("mrpc", np.full(len(test.labels), majority), test.labels)
+    return {
+        "metrics": {f"pairs/{k}": float(v) for k, v in got.items()},
+        "baseline": {f"pairs/{k}": float(v) for k, v in base.items()},
+        "majority_label": majority,
+        "selection": head.selection,
+        "rows": {"train": len(train.labels), "eval": len(test.labels)},
+    }
+
+
+def pair_sets(
+    world: synthetic.SyntheticConfig, plan: TaskPlan
+) -> tuple[synthetic.PairSet, synthetic.PairSet]:
+    """The paraphrase task's (train, held-out) pairs, in `plan.pair_templates`."""
     if plan.pair_templates:
         world = dataclasses.replace(world, templates=plan.pair_templates)
     train = synthetic.paraphrase_pairs(world, "train", plan.pair_train)
-    test = synthetic.paraphrase_pairs(world, "heldout", plan.pair_eval)
+    return train, synthetic.paraphrase_pairs(world, "heldout", plan.pair_eval)
+
+
+def vqa_task(
+    model: Any, world: synthetic.SyntheticConfig, plan: TaskPlan, seed: int = 0
+) -> dict[str, Any]:
+    """-> `score_vqa`'s dict and "band", on features of the question drawn above each scene."""
+    renderer = model.renderer
+    _rows_fit(renderer, list(synthetic.VQA_QUESTIONS.values()), plan.band // 16, "VQA question")
+    train = synthetic.vqa_set(world, "train", plan.vqa_train_scenes)
+    test = synthetic.vqa_set(world, "heldout", plan.vqa_eval_scenes)
+
+    def features(data: synthetic.VQASet, desc: str) -> np.ndarray:
+        def to_images(rows: Sequence[int]) -> np.ndarray:
+            return np.stack(
+                [
+                    render_on_image(
+                        renderer, data.images[data.image_ids[j]], data.questions[j], plan.band
+                    )
+                    for j in rows
+                ]
+            )
+
+        rows = list(range(len(data.questions)))
+        return extract_features(
+            model, rows, to_images, batch_size=plan.batch_size, desc=desc, progress=False
+        )
+
+    x_train, x_test = features(train, "vqa train"), features(test, "vqa eval")
+    return {**score_vqa(train, test, x_train, x_test, plan, seed), "band": plan.band}
+
+
+def pair_task(
+    model: Any, world: synthetic.SyntheticConfig, plan: TaskPlan, seed: int = 0
+) -> dict[str, Any]:
+    """-> `score_pairs`'s dict and "pair_mode": the MRPC-style paraphrase task on the demo's
+    captions."""
+    renderer = model.renderer
+    rows = world.image_size // 16
+    train, test = pair_sets(world, plan)
 
     def encode(texts: Sequence[str], desc: str) -> np.ndarray:
         _rows_fit(renderer, texts, rows, "pair task caption")
-        return extract_features(
-            model,
-            list(texts),
-            lambda batch: renderer.render_batch(list(batch)),
-            batch_size=plan.batch_size,
-            desc=desc,
-            progress=False,
-            ink_only=model.config.ink_only_text,  # texts as the model was trained
+        return extract_text_features(  # rendered, as the model was trained (ink-only or not)
+            model, texts, batch_size=plan.batch_size, desc=desc, progress=False
         )
 
     def features(data: synthetic.PairSet, desc: str) -> np.ndarray:
@@ -197,16 +252,5 @@ def pair_task(
             ink_only=model.config.ink_only_text,  # texts as the model was trained
         )
 
-    head = _fit(features(train, "pairs train"), train.labels, 2, plan, seed)
-    predicted = head.predict(features(test, "pairs eval")).argmax(1)
-    majority = int(train.labels.mean() >= 0.5)
-    got = task_metrics("mrpc", predicted, test.labels)
-    base = task_metrics("mrpc", np.full(len(test.labels), majority), test.labels)
-    return {
-        "metrics": {f"pairs/{k}": float(v) for k, v in got.items()},
-        "baseline": {f"pairs/{k}": float(v) for k, v in base.items()},
-        "majority_label": majority,
-        "pair_mode": plan.pair_mode,
-        "selection": head.selection,
-        "rows": {"train": len(train.labels), "eval": len(test.labels)},
-    }
+    x_train, x_test = features(train, "pairs train"), features(test, "pairs eval")
+    return {**score_pairs(train, test, x_train, x_test, plan, seed), "pair_mode": plan.pair_mode}
