@@ -11,8 +11,6 @@ import faiss
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
-from PIL import Image
 
 from clippo.cli import main as cli_main
 from clippo.data.image_text import TarShards
@@ -23,23 +21,13 @@ from clippo.embed import (
     part_label,
     read_clip_retrieval,
 )
-from clippo.model.one_tower import CLIPPO
 from clippo.search import Index, normalize
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A random-weight tiny model saved to disk and a folder of 7 distinct random images."""
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("tiny")
-    model = CLIPPO.from_variant("tiny-test", image_size=32).eval()
-    model.save(root / "model")
-    rng = np.random.default_rng(0)
-    for i in range(7):
-        sub = root / "imgs" / ("a" if i < 4 else "b")
-        sub.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(sub / f"{i}.png")
-    return model, root
+def imgs(random_pngs):
+    """A folder of 7 distinct random 32 px images in two sub-folders: a/0-3.png, b/4-6.png."""
+    return random_pngs([f"{'a' if i < 4 else 'b'}/{i}.png" for i in range(7)], size=32, seed=0)
 
 
 def test_part_numbering_is_clip_retrievals():
@@ -52,12 +40,10 @@ def test_part_numbering_is_clip_retrievals():
     ]
 
 
-def test_image_folder_layout_read_by_faiss_and_clippo_index(tiny, tmp_path):
-    model, root = tiny
+def test_image_folder_layout_read_by_faiss_and_clippo_index(tiny_saved_model, imgs, tmp_path):
+    model = tiny_saved_model.model
     out = tmp_path / "emb"
-    run = embed_clip_retrieval(
-        model, out, images=root / "imgs", part_size=3, num_workers=0, progress=False
-    )
+    run = embed_clip_retrieval(model, out, images=imgs, part_size=3, num_workers=0, progress=False)
     assert (run.parts, run.written, run.rows) == (3, 3, 7)
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
         "img_emb/img_emb_0.npy",
@@ -73,7 +59,7 @@ def test_image_folder_layout_read_by_faiss_and_clippo_index(tiny, tmp_path):
     x = np.concatenate(parts).astype(np.float32)
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=2e-3)
     # the vectors are the model's, normalised (float16 precision)
-    files = sorted((root / "imgs").rglob("*.png"))
+    files = sorted(imgs.rglob("*.png"))
     ref = embed_images(model, files, num_workers=0, progress=False).vectors
     np.testing.assert_allclose(x, normalize(ref), atol=2e-3)
     paths = [
@@ -83,7 +69,7 @@ def test_image_folder_layout_read_by_faiss_and_clippo_index(tiny, tmp_path):
         .column("image_path")
         .to_pylist()
     ]
-    assert paths == [str(root / "imgs" / f.relative_to(root / "imgs")) for f in files]
+    assert paths == [str(imgs / f.relative_to(imgs)) for f in files]
     # faiss over the parts as clip-retrieval users load them: each vector finds itself
     index = faiss.IndexFlatIP(x.shape[1])
     index.add(x)
@@ -101,23 +87,19 @@ def test_image_folder_layout_read_by_faiss_and_clippo_index(tiny, tmp_path):
         read_clip_retrieval(out, "text")
 
 
-def test_resume_skips_written_parts(tiny, tmp_path):
-    model, root = tiny
+def test_resume_skips_written_parts(tiny_saved_model, imgs, tmp_path):
+    model = tiny_saved_model.model
     out = tmp_path / "emb"
-    embed_clip_retrieval(
-        model, out, images=root / "imgs", part_size=3, num_workers=0, progress=False
-    )
+    embed_clip_retrieval(model, out, images=imgs, part_size=3, num_workers=0, progress=False)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     (out / "metadata" / "metadata_1.parquet").unlink()  # part 1 interrupted before its metadata
-    run = embed_clip_retrieval(
-        model, out, images=root / "imgs", part_size=3, num_workers=0, progress=False
-    )
+    run = embed_clip_retrieval(model, out, images=imgs, part_size=3, num_workers=0, progress=False)
     assert (run.written, run.resumed, run.rows) == (1, 2, 3)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
-def test_texts_and_pairs(tiny, tmp_path):
-    model, root = tiny
+def test_texts_and_pairs(tiny_saved_model, imgs, tmp_path):
+    model = tiny_saved_model.model
     texts = tmp_path / "t.txt"
     texts.write_text("a cat\na dog\na bird\n")
     run = embed_clip_retrieval(model, tmp_path / "te", texts=texts, part_size=2, progress=False)
@@ -129,7 +111,7 @@ def test_texts_and_pairs(tiny, tmp_path):
 
     # a webdataset shard with one bad sample: both towers, key as image_path
     shard = tmp_path / "s.tar"
-    files = sorted((root / "imgs").rglob("*.png"))[:3]
+    files = sorted(imgs.rglob("*.png"))[:3]
     with tarfile.open(shard, "w") as tar:
         for i, f in enumerate(files):
             members = {"png": f.read_bytes(), "txt": f"photo {i}".encode()}
@@ -157,10 +139,10 @@ def test_texts_and_pairs(tiny, tmp_path):
     assert index.metadata == meta
 
 
-def test_embed_command_clip_retrieval(tiny, tmp_path, capsys):
-    model, root = tiny
+def test_embed_command_clip_retrieval(tiny_saved_model, imgs, tmp_path, capsys):
+    model_dir = tiny_saved_model.path
     out = tmp_path / "emb"
-    images = ["embed", "--model", str(root / "model"), "--images", str(root / "imgs")]
+    images = ["embed", "--model", str(model_dir), "--images", str(imgs)]
     layout = ["--layout", "clip-retrieval", "--part-size", "5", "--num-workers", "0"]
     assert cli_main([*images, *layout, "--out", str(out)]) == 0
     assert (out / "img_emb" / "img_emb_1.npy").is_file()

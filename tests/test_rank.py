@@ -11,7 +11,6 @@ from PIL import Image
 
 from clippo.cli import main as cli_main
 from clippo.data.images import load_image
-from clippo.model.one_tower import CLIPPO
 from clippo.preprocess import images_to_pixels
 from clippo.rank import Ranked, rank_candidates, rank_folder, rank_prompts, read_prompts_file
 
@@ -31,27 +30,19 @@ def test_rank_candidates_by_hand():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("rank")
-    model = CLIPPO.from_variant("tiny-test", image_size=32).eval()
-    model.save(root / "model")
-    (root / "cands").mkdir()
-    rng = np.random.default_rng(1)
-    for i in range(5):
-        pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(root / "cands" / f"c{i}.png")
-    return model, root
+def cands(random_pngs):
+    """5 candidates c0.png .. c4.png, 40 px (resized to the model's 32 when read)."""
+    return random_pngs([f"c{i}.png" for i in range(5)], size=40, seed=1)
 
 
-def test_scores_equal_model_similarity(tiny):
-    model, root = tiny
-    ranked, skipped = rank_folder(model, "a red square", root / "cands", num_workers=0)
+def test_scores_equal_model_similarity(tiny_saved_model, cands):
+    model = tiny_saved_model.model
+    ranked, skipped = rank_folder(model, "a red square", cands, num_workers=0)
     assert skipped == [] and [r.rank for r in ranked] == [1, 2, 3, 4, 5]
     # reference: encode + dot, straight through the model
     with torch.no_grad():
         names = [f"c{i}.png" for i in range(5)]
-        pixels = images_to_pixels([load_image(root / "cands" / n, 32) for n in names])
+        pixels = images_to_pixels([load_image(cands / n, 32) for n in names])
         sims = (model.encode_images(pixels) @ model.encode_texts(["a red square"]).T)[:, 0]
     expected = dict(zip(names, sims.tolist()))
     for r in ranked:
@@ -59,15 +50,14 @@ def test_scores_equal_model_similarity(tiny):
     assert [r.id for r in ranked] == sorted(names, key=lambda n: -expected[n])
 
 
-def test_rank_command_writes_ranking_and_grid(tiny, tmp_path, capsys):
-    _, root = tiny
+def test_rank_command_writes_ranking_and_grid(tiny_saved_model, cands, tmp_path, capsys):
     out, grid = tmp_path / "ranked.json", tmp_path / "grid.png"
-    args = ["rank", "--model", str(root / "model"), "--prompt", "a red square"]
+    args = ["rank", "--model", str(tiny_saved_model.path), "--prompt", "a red square"]
     assert (
         cli_main(
             [
                 *args,
-                str(root / "cands"),
+                str(cands),
                 "--top",
                 "2",
                 "--out",
@@ -82,7 +72,7 @@ def test_rank_command_writes_ranking_and_grid(tiny, tmp_path, capsys):
     )
     rows = json.loads(out.read_text())
     assert len(rows) == 5 and [r["rank"] for r in rows] == [1, 2, 3, 4, 5]
-    assert rows[0]["image_path"] == str(root / "cands" / rows[0]["id"])
+    assert rows[0]["image_path"] == str(cands / rows[0]["id"])
     assert rows[0]["score"] >= rows[-1]["score"]
     table = capsys.readouterr().out
     assert rows[0]["id"] in table and rows[2]["id"] not in table  # the table shows the top 2
@@ -92,29 +82,23 @@ def test_rank_command_writes_ranking_and_grid(tiny, tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def per_prompt(tiny, tmp_path_factory):
+def per_prompt(random_pngs, tmp_path_factory):
     """Two sub-folders of candidates (cats: 3, dogs: 2) and their prompts file."""
-    _, root = tiny
-    base = tmp_path_factory.mktemp("prompts")
-    rng = np.random.default_rng(2)
-    for name, n in (("cats", 3), ("dogs", 2)):
-        (base / "cands" / name).mkdir(parents=True)
-        for i in range(n):
-            pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(base / "cands" / name / f"{i}.png")
-    prompts = base / "prompts.tsv"
+    names = [f"{name}/{i}.png" for name, n in (("cats", 3), ("dogs", 2)) for i in range(n)]
+    folder = random_pngs(names, size=40, seed=2)
+    prompts = tmp_path_factory.mktemp("prompts") / "prompts.tsv"
     prompts.write_text("dogs\ttwo dogs on grass\n\ncats\ta cat asleep\n")
-    return base, prompts
+    return folder, prompts
 
 
-def test_rank_prompts_equals_one_prompt_at_a_time(tiny, per_prompt):
-    model, _ = tiny
-    base, prompts = per_prompt
-    pairs = read_prompts_file(prompts, base / "cands")
+def test_rank_prompts_equals_one_prompt_at_a_time(tiny_saved_model, per_prompt):
+    model = tiny_saved_model.model
+    folder, prompts = per_prompt
+    pairs = read_prompts_file(prompts, folder)
     assert pairs == [("dogs", "two dogs on grass"), ("cats", "a cat asleep")]
-    results = rank_prompts(model, pairs, base / "cands", num_workers=0, progress=False)
+    results = rank_prompts(model, pairs, folder, num_workers=0, progress=False)
     for name, prompt in pairs:
-        alone, _ = rank_folder(model, prompt, base / "cands" / name, num_workers=0, progress=False)
+        alone, _ = rank_folder(model, prompt, folder / name, num_workers=0, progress=False)
         got = results[name][0]
         assert [r.id for r in got] == [r.id for r in alone]
         np.testing.assert_allclose([r.score for r in got], [r.score for r in alone], atol=1e-5)
@@ -131,23 +115,22 @@ def test_rank_prompts_equals_one_prompt_at_a_time(tiny, per_prompt):
     ],
 )
 def test_prompts_file_errors_name_file_and_line(per_prompt, tmp_path, text, message):
-    base, _ = per_prompt
+    folder, _ = per_prompt
     bad = tmp_path / "prompts.tsv"
     bad.write_text(text)
     with pytest.raises(ValueError, match=message):
-        read_prompts_file(bad, base / "cands")
+        read_prompts_file(bad, folder)
 
 
-def test_rank_command_with_prompts_file(tiny, per_prompt, tmp_path, capsys):
-    _, root = tiny
-    base, prompts = per_prompt
+def test_rank_command_with_prompts_file(tiny_saved_model, per_prompt, tmp_path, capsys):
+    folder, prompts = per_prompt
     out = tmp_path / "ranked"
-    args = ["rank", "--model", str(root / "model"), str(base / "cands"), "--num-workers", "0"]
+    args = ["rank", "--model", str(tiny_saved_model.path), str(folder), "--num-workers", "0"]
     assert cli_main([*args, "--prompts", str(prompts), "--out", str(out)]) == 0
     for name, n in (("cats", 3), ("dogs", 2)):
         rows = json.loads((out / name / "ranked.json").read_text())
         assert [r["rank"] for r in rows] == list(range(1, n + 1))
-        assert rows[0]["image_path"] == str(base / "cands" / name / rows[0]["id"])
+        assert rows[0]["image_path"] == str(folder / name / rows[0]["id"])
         assert rows[0]["prompt"] == {"cats": "a cat asleep", "dogs": "two dogs on grass"}[name]
         assert Image.open(out / name / "grid.png").size[0] > 0
     capsys.readouterr()

@@ -7,12 +7,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from clippo.cli import main as cli_main
 from clippo.embed import Embeddings, embed_image_dir, write_embeddings
-from clippo.model.one_tower import CLIPPO
 from clippo.search import (
     META_FILE,
     Index,
@@ -153,23 +151,14 @@ def test_errors_name_the_problem(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A random-weight tiny model saved to disk, and a folder of 6 distinct random images."""
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("tiny")
-    model = CLIPPO.from_variant("tiny-test", image_size=32).eval()
-    model.save(root / "model")
-    (root / "imgs").mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(root / "imgs" / f"{i}.png")
-    return model, root
+def imgs(random_pngs):
+    """A folder of 6 distinct random 32 px images, 0.png .. 5.png."""
+    return random_pngs([f"{i}.png" for i in range(6)], size=32, seed=0)
 
 
-def test_embed_index_search_finds_each_image_first(tiny, tmp_path):
-    model, root = tiny
-    emb = embed_image_dir(model, root / "imgs", num_workers=0, progress=False)
+def test_embed_index_search_finds_each_image_first(tiny_saved_model, imgs, tmp_path):
+    model, model_dir = tiny_saved_model
+    emb = embed_image_dir(model, imgs, num_workers=0, progress=False)
     write_embeddings(emb, tmp_path / "emb.npy")
     assert (
         cli_main(
@@ -179,24 +168,21 @@ def test_embed_index_search_finds_each_image_first(tiny, tmp_path):
                 "--out",
                 str(tmp_path / "ix"),
                 "--image-root",
-                str(root / "imgs"),
+                str(imgs),
             ]
         )
         == 0
     )
     for i in range(6):
         out = tmp_path / f"hits{i}.json"
-        args = ["search", str(tmp_path / "ix"), "--model", str(root / "model")]
+        args = ["search", str(tmp_path / "ix"), "--model", str(model_dir)]
         assert (
-            cli_main(
-                [*args, "--image", str(root / "imgs" / f"{i}.png"), "-k", "3", "--out", str(out)]
-            )
-            == 0
+            cli_main([*args, "--image", str(imgs / f"{i}.png"), "-k", "3", "--out", str(out)]) == 0
         )
         hits = json.loads(out.read_text())
         assert [h["rank"] for h in hits] == [1, 2, 3]
         assert hits[0]["key"] == f"{i}.png" and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
-        assert hits[0]["image_path"] == str(root / "imgs" / f"{i}.png")
+        assert hits[0]["image_path"] == str(imgs / f"{i}.png")
     # text and combined queries run and the grid is written
     grid = tmp_path / "g.png"
     assert (
@@ -206,7 +192,7 @@ def test_embed_index_search_finds_each_image_first(tiny, tmp_path):
                 "--text",
                 "a cat",
                 "--image",
-                str(root / "imgs" / "0.png"),
+                str(imgs / "0.png"),
                 "--weight",
                 "0.5",
                 "--grid",
@@ -218,12 +204,12 @@ def test_embed_index_search_finds_each_image_first(tiny, tmp_path):
     assert Image.open(grid).size[0] > 0
 
 
-def test_search_errors_are_one_line(tiny, tmp_path, capsys):
-    model, root = tiny
+def test_search_errors_are_one_line(tiny_saved_model, tmp_path, capsys):
+    model_dir = tiny_saved_model.path
     write_embeddings(Embeddings(_unit(4, 16), ["a", "b", "c", "d"]), tmp_path / "e.parquet")
     assert cli_main(["index", str(tmp_path / "e.parquet"), "--out", str(tmp_path / "ix")]) == 0
     capsys.readouterr()
-    args = ["search", str(tmp_path / "ix"), "--model", str(root / "model"), "--text", "x"]
+    args = ["search", str(tmp_path / "ix"), "--model", str(model_dir), "--text", "x"]
     assert cli_main(args) == 1
     err = capsys.readouterr().err.strip()
     assert "embeds to 64 values" in err and "holds 16" in err and "\n" not in err
@@ -236,7 +222,7 @@ def test_search_errors_are_one_line(tiny, tmp_path, capsys):
                 "search",
                 str(tmp_path / "iy"),
                 "--model",
-                str(root / "model"),
+                str(model_dir),
                 "--image",
                 str(missing),
             ]

@@ -32,8 +32,6 @@ from clippo.train.config import (
     LoggingConfig,
     LoopConfig,
     ModelSection,
-    OptimConfig,
-    ScheduleConfig,
     SourceConfig,
     TrainConfig,
     config_from_dict,
@@ -44,29 +42,6 @@ from clippo.train.state import LOSS_FILE, checkpoint_dir, list_checkpoints
 from clippo.train.step import Loss
 
 TOKEN_ARCHS = ("clip-star", "1t-clip")
-# photos and text/text pairs in every batch (8 rows: 6 photos, then 2 text pairs), so the left
-# side of a batch is a MixedSide and an accumulation micro-batch can be all photos
-DATA = DataConfig(
-    image_text=(SourceConfig(kind="synthetic", options={"textured": False}),),
-    text_pairs=(SourceConfig(kind="synthetic_paraphrase"),),
-    text_pair_fraction=0.25,
-    num_workers=0,
-)
-
-
-def tiny_config(run_dir: Path, **sections) -> TrainConfig:
-    """A tiny-test CLIPPO at 32 px, AdamW, fp32 on CPU, 6 steps, checkpoints every 3 (as
-    tests/train/test_trainer.py's)."""
-    base = TrainConfig(
-        data=DATA,
-        model=ModelSection(variant="tiny-test", image_size=32, out_dim=32),
-        optim=OptimConfig(name="adamw", lr=1e-3, wd=1e-4),
-        schedule=ScheduleConfig(kind="constant"),
-        loop=LoopConfig(steps=6, batch_size=8, precision="fp32", device="cpu"),
-        checkpoint=CheckpointConfig(every_steps=3, keep_last=5),
-        logging=LoggingConfig(run_dir=str(run_dir), every_steps=1, progress=False),
-    )
-    return base.replace(**sections)
 
 
 def token_section(arch: str, **kw) -> ModelSection:
@@ -82,8 +57,16 @@ def token_section(arch: str, **kw) -> ModelSection:
     )
 
 
-def token_config(run_dir: Path, arch: str, **sections) -> TrainConfig:
-    return tiny_config(run_dir, model=token_section(arch)).replace(**sections)
+@pytest.fixture(scope="module")
+def token_config(tiny_config):
+    """`token_config(run_dir, arch, **sections)`: conftest's tiny run (photos and text pairs in
+    every batch, so the left side of a batch is a MixedSide and an accumulation micro-batch can
+    be all photos) with the token baseline `arch` as its model."""
+
+    def make(run_dir: Path, arch: str, **sections) -> TrainConfig:
+        return tiny_config(run_dir, model=token_section(arch)).replace(**sections)
+
+    return make
 
 
 def losses(run_dir: Path) -> list[float]:
@@ -172,7 +155,7 @@ def grads_after_one_step(cfg: TrainConfig) -> tuple[dict[str, torch.Tensor], Tra
 
 
 @pytest.mark.parametrize("arch", TOKEN_ARCHS)
-def test_accumulation_gives_the_full_batch_step(tmp_path, arch):
+def test_accumulation_gives_the_full_batch_step(tmp_path, token_config, arch):
     """accum_steps=2 (one micro-batch all photos, the other a MixedSide of photos and text
     pairs) gives the full batch's gradients, and trains to the same losses."""
     loop = LoopConfig(steps=3, batch_size=8, precision="fp32", device="cpu")
@@ -202,7 +185,7 @@ def test_accumulation_gives_the_full_batch_step(tmp_path, arch):
 
 @pytest.mark.parametrize("arch", TOKEN_ARCHS)
 def test_resume_equals_the_uninterrupted_run_without_retraining_the_tokenizer(
-    tmp_path, arch, monkeypatch
+    tmp_path, token_config, arch, monkeypatch
 ):
     """Resuming from the step-3 checkpoint reproduces the uninterrupted run's step-6 weights and
     loss state bitwise, with the tokenizer saved in the checkpoint: training one again is an
@@ -243,7 +226,7 @@ def test_resume_equals_the_uninterrupted_run_without_retraining_the_tokenizer(
         train(token_config(tmp_path / "fresh", arch))
 
 
-def test_a_tokenizer_file_is_used_as_given(tmp_path, monkeypatch):
+def test_a_tokenizer_file_is_used_as_given(tmp_path, token_config, monkeypatch):
     """model.tokenizer: the file's vocabulary (nothing trained), padded to text_max_length."""
     tok = TextTokenizer.train(["a red cube", "two blue balls", "a green cone"] * 3, 40, 10)
     path = tok.save(tmp_path / "tok")
@@ -265,7 +248,7 @@ def test_a_tokenizer_file_is_used_as_given(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("key,value", [("ink_only_text", True), ("patch_dropout", 0.5)])
-def test_clippo_only_keys_are_refused_for_token_architectures(tmp_path, key, value):
+def test_clippo_only_keys_are_refused_for_token_architectures(tmp_path, tiny_config, key, value):
     base = tiny_config(tmp_path).to_dict()
     base["model"].update({"architecture": "1t-clip", key: value})
     with pytest.raises(ConfigError, match=f"model.{key} is CLIPPO-only"):
@@ -331,7 +314,7 @@ def test_token_collate_tokenises_in_a_picklable_collate():
 
 
 @pytest.mark.parametrize("arch", TOKEN_ARCHS)
-def test_the_eval_suites_run_unchanged_on_a_trained_baseline(tmp_path, arch):
+def test_the_eval_suites_run_unchanged_on_a_trained_baseline(tmp_path, token_config, arch):
     from clippo.eval.datasets import CaptionedImages
     from clippo.eval.spec import EvalSpec
     from clippo.eval.suites import retrieval_suite
@@ -353,7 +336,7 @@ def test_the_eval_suites_run_unchanged_on_a_trained_baseline(tmp_path, arch):
     assert 0 < out["modality_gap"] < 2
 
 
-def test_grad_checkpointing_covers_the_text_blocks_with_the_same_gradients(tmp_path):
+def test_grad_checkpointing_covers_the_text_blocks_with_the_same_gradients(tmp_path, token_config):
     """model.grad_checkpointing: CLIP*'s text blocks are recomputed in the backward pass too
     (each runs twice per step), and the gradients are those without it."""
     grads, calls = {}, {}
@@ -380,7 +363,7 @@ def test_grad_checkpointing_covers_the_text_blocks_with_the_same_gradients(tmp_p
 
 
 @pytest.mark.parametrize("arch", TOKEN_ARCHS)
-def test_pairs_of_strings_are_tokenised_by_the_step(tmp_path, arch):
+def test_pairs_of_strings_are_tokenised_by_the_step(tmp_path, token_config, arch):
     """A data factory of (pixels, strings) pairs trains a token baseline: the step tokenises the
     strings with the model's tokenizer (as the pipeline does), padding masked."""
     loop = LoopConfig(steps=2, batch_size=4, precision="fp32", device="cpu")
@@ -422,17 +405,17 @@ cdist.cleanup()
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", TOKEN_ARCHS)
-def test_ddp_with_accumulation_trains_a_baseline(tmp_path, arch):
+def test_ddp_with_accumulation_trains_a_baseline(tmp_path, token_config, arch):
     """Two CPU processes (gloo, DDP), accumulation 2, half of each batch text pairs: each rank's
     last micro-batch holds text pairs only, so the image path takes no part in that backward;
     the run trains anyway (DDP told to expect unused parameters) and saves its checkpoint."""
     cfg = token_config(
         tmp_path / "run",
         arch,
-        data=DataConfig(**{**DATA.__dict__, "text_pair_fraction": 0.5}),
         loop=LoopConfig(steps=2, batch_size=8, accum_steps=2, precision="fp32", device="cpu"),
         checkpoint=CheckpointConfig(every_steps=2),
     )
+    cfg = cfg.replace(data=DataConfig(**{**cfg.data.__dict__, "text_pair_fraction": 0.5}))
     (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
     (tmp_path / "ddp.py").write_text(DDP_SCRIPT)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
