@@ -41,7 +41,8 @@ def add_glue(suites: Any, common: Any) -> None:
         "--pair-mode",
         choices=["render", "concat"],
         default="render",
-        help="render: a pair as one image (render_pair); concat: [u, v, |u-v|, u*v]",
+        help="render: a pair as one image (render_pair; CLIPPO only); concat: [u, v, |u-v|, "
+        "u*v] (token baselines need it)",
     )
     g.add_argument(
         "--skip-bad-rows", action="store_true", help="skip malformed rows (listed in results)"

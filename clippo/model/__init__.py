@@ -1,9 +1,10 @@
-"""The model room: configs and variants (`config`), the one-tower module (`one_tower`), the token
-baselines (`tokenizer`, `token_model`, `two_tower` for CLIP*, `shared_tower` for 1T-CLIP) and
-their registry (`architectures`), the big_vision `.npz` mapping (`bigvision`), the saved-model
-folder (`files`) and loading (`checkpoint`). Arrows point one way: config <- one_tower <-
-token_model <- two_tower, shared_tower <- architectures <- checkpoint; nothing here imports
-training, data or evaluation code."""
+"""The model room: configs and variants (`config`), the contract every architecture keeps
+(`contract`), the one-tower module (`one_tower`), the token baselines (`tokenizer`,
+`token_model`, `two_tower` for CLIP*, `shared_tower` for 1T-CLIP) and their registry
+(`architectures`), the big_vision `.npz` mapping (`bigvision`), the saved-model folder (`files`)
+and loading (`checkpoint`). Arrows point one way: config <- contract <- one_tower <- token_model
+<- two_tower, shared_tower <- architectures <- checkpoint; nothing here imports training, data or
+evaluation code."""
 
 from clippo.model.architectures import ARCHITECTURES, Architecture, architecture_of, build_model
 from clippo.model.bigvision import CheckpointError
