@@ -13,10 +13,8 @@ import os
 import pickle
 import random
 import shutil
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -52,29 +50,25 @@ from clippo.train.state import (
 )
 
 
-def sibling(name: str) -> ModuleType:
-    """A sibling test module, for its helpers (pytest imports this suite with
-    --import-mode=importlib, which puts no test folder on sys.path)."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    return __import__(name)
+@pytest.fixture(scope="session")
+def tiny(tiny_config: Any) -> Callable[..., TrainConfig]:
+    """`tiny(run_dir, resume="", **sections)`: a 6-step tiny-test run (train it on
+    `random_pair_data`), checkpointed at steps 3 and 6."""
 
+    def make(run_dir: Path, resume: str = "", **sections: Any) -> TrainConfig:
+        cfg = tiny_config(run_dir, **sections)
+        return cfg.replace(checkpoint=CheckpointConfig(every_steps=3, keep_last=5, resume=resume))
 
-def pairs() -> Any:
-    tt = sibling("test_trainer")
-    return tt.factory(tt.random_pairs)
-
-
-def tiny(run_dir: Path, resume: str = "", **sections: Any) -> TrainConfig:
-    """A 6-step tiny-test run on random pairs, checkpointed at steps 3 and 6."""
-    cfg = sibling("test_trainer").tiny_config(run_dir, **sections)
-    return cfg.replace(checkpoint=CheckpointConfig(every_steps=3, keep_last=5, resume=resume))
+    return make
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def finished_run(
+    tmp_path_factory: pytest.TempPathFactory, tiny: Any, random_pair_data: Any
+) -> Path:
     """A finished 6-step run (checkpoints at 3 and 6); copy it before changing anything."""
     run = tmp_path_factory.mktemp("finished") / "run"
-    train(tiny(run), data=pairs())
+    train(tiny(run), data=random_pair_data)
     assert [s for s, _ in list_checkpoints(run)] == [3, 6]
     return run
 
@@ -99,13 +93,15 @@ class _Trap:
 
 
 @pytest.mark.parametrize("name", ["optimizer.pt", "extra.pkl", "pytorch_model.bin"])
-def test_a_planted_pickle_is_refused_and_never_unpickled(finished_run, tmp_path, name):
+def test_a_planted_pickle_is_refused_and_never_unpickled(
+    finished_run, tmp_path, name, tiny, random_pair_data
+):
     run = copy_run(finished_run, tmp_path)
     marker = tmp_path / "code-ran"
     with open(checkpoint_dir(run, 6) / name, "wb") as f:
         pickle.dump(_Trap(marker), f)
     with pytest.raises(PickleCheckpointError, match=rf"{name}: a pickle.*--allow-legacy-pickle"):
-        train(tiny(run, resume="auto"), data=pairs())
+        train(tiny(run, resume="auto"), data=random_pair_data)
     with pytest.raises(PickleCheckpointError, match=name):  # no fallback to step 3 either
         load_checkpoint(checkpoint_dir(run, 6))
     assert not marker.exists()
@@ -119,14 +115,16 @@ def test_no_checkpoint_file_is_a_pickle(finished_run):
         assert path.suffix in (".json", ".safetensors"), path.name
 
 
-def test_a_legacy_checkpoint_resumes_only_with_the_opt_in(finished_run, tmp_path):
+def test_a_legacy_checkpoint_resumes_only_with_the_opt_in(
+    finished_run, tmp_path, tiny, random_pair_data, to_legacy_layout
+):
     run = copy_run(finished_run, tmp_path)
     want = load_file(str(checkpoint_dir(run, 6) / "model.safetensors"))
     shutil.rmtree(checkpoint_dir(run, 6))
-    sibling("test_resume").to_legacy_layout(checkpoint_dir(run, 3))  # the old optimizer.pt form
+    to_legacy_layout(checkpoint_dir(run, 3))  # the old optimizer.pt form
     with pytest.raises(PickleCheckpointError, match="optimizer.pt"):
-        train(tiny(run, resume="auto"), data=pairs())
-    result = train(tiny(run, resume="auto"), data=pairs(), allow_legacy_pickle=True)
+        train(tiny(run, resume="auto"), data=random_pair_data)
+    result = train(tiny(run, resume="auto"), data=random_pair_data, allow_legacy_pickle=True)
     assert result.step == 6
     got = load_file(str(checkpoint_dir(run, 6) / "model.safetensors"))
     assert all(torch.equal(got[k], want[k]) for k in want)  # bit-identical to the original run
@@ -190,10 +188,10 @@ def test_unreadable_state_files_are_named(finished_run, tmp_path, damage, file, 
         load_checkpoint(path.parent)
 
 
-def test_a_truncated_legacy_optimizer_pt_is_named(finished_run, tmp_path):
+def test_a_truncated_legacy_optimizer_pt_is_named(finished_run, tmp_path, to_legacy_layout):
     run = copy_run(finished_run, tmp_path)
     ckpt = checkpoint_dir(run, 6)
-    sibling("test_resume").to_legacy_layout(ckpt)
+    to_legacy_layout(ckpt)
     data = (ckpt / "optimizer.pt").read_bytes()
     (ckpt / "optimizer.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="optimizer.pt: not a readable optimiser state"):
@@ -226,14 +224,16 @@ DAMAGE = {
 
 
 @pytest.mark.parametrize("case", list(DAMAGE))
-def test_resume_auto_falls_back_from_a_damaged_checkpoint(finished_run, tmp_path, caplog, case):
+def test_resume_auto_falls_back_from_a_damaged_checkpoint(
+    finished_run, tmp_path, caplog, case, tiny, random_pair_data
+):
     run = copy_run(finished_run, tmp_path)
     newest = checkpoint_dir(run, 6)
     want = load(newest.joinpath("model.safetensors").read_bytes())  # a copy: not mapped
     file, damage = DAMAGE[case]
     damage(newest / file)
     with caplog.at_level(logging.WARNING, logger="clippo.train.state"):
-        result = train(tiny(run, resume="auto"), data=pairs())
+        result = train(tiny(run, resume="auto"), data=random_pair_data)
     lines = [r.getMessage() for r in caplog.records if r.name == "clippo.train.state"]
     assert len(lines) == 1
     assert f"damaged checkpoint {newest}: {file}" in lines[0]
@@ -245,7 +245,9 @@ def test_resume_auto_falls_back_from_a_damaged_checkpoint(finished_run, tmp_path
 
 
 @pytest.mark.parametrize("case", list(DAMAGE))
-def test_an_explicit_damaged_checkpoint_is_an_error_naming_the_file(finished_run, tmp_path, case):
+def test_an_explicit_damaged_checkpoint_is_an_error_naming_the_file(
+    finished_run, tmp_path, case, tiny, random_pair_data
+):
     run = copy_run(finished_run, tmp_path)
     file, damage = DAMAGE[case]
     damage(checkpoint_dir(run, 6) / file)
@@ -253,7 +255,7 @@ def test_an_explicit_damaged_checkpoint_is_an_error_naming_the_file(finished_run
         resolve_resume(str(checkpoint_dir(run, 6)), run)
     cfg = tiny(tmp_path / "other", resume=str(checkpoint_dir(run, 6)))
     with pytest.raises(DamagedCheckpointError, match=f"step_000000006: {file}"):
-        train(cfg, data=pairs())
+        train(cfg, data=random_pair_data)
 
 
 def test_with_no_complete_checkpoint_resume_auto_starts_fresh_and_says_so(
@@ -341,8 +343,8 @@ def test_a_full_disk_says_so_and_keeps_the_earlier_checkpoint(tmp_path, monkeypa
 # ---- writable output folders -------------------------------------------------------------------
 
 
-def counting_pairs(calls: list[int]) -> Any:
-    make = pairs()
+def counting_pairs(make: Any, calls: list[int]) -> Any:
+    """`make` (a data factory) that records in `calls` every start step it is asked for."""
 
     def data(start: int) -> Any:
         calls.append(start)
@@ -351,25 +353,27 @@ def counting_pairs(calls: list[int]) -> Any:
     return data
 
 
-def test_a_checkpoints_folder_that_cannot_be_made_is_found_before_training(tmp_path):
+def test_a_checkpoints_folder_that_cannot_be_made_is_found_before_training(
+    tmp_path, tiny, random_pair_data
+):
     run = tmp_path / "run"
     run.mkdir()
     (run / "checkpoints").write_text("in the way")
     calls: list[int] = []
     with pytest.raises(OSError, match=f"output folder {run / 'checkpoints'} is not writable"):
-        train(tiny(run), data=counting_pairs(calls))
+        train(tiny(run), data=counting_pairs(random_pair_data, calls))
     assert calls == []  # not a single batch drawn
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes anywhere")
-def test_a_read_only_checkpoints_folder_is_found_before_training(tmp_path):
+def test_a_read_only_checkpoints_folder_is_found_before_training(tmp_path, tiny, random_pair_data):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     os.chmod(run / "checkpoints", 0o500)
     calls: list[int] = []
     try:
         with pytest.raises(PermissionError, match=f"output folder {run / 'checkpoints'}"):
-            train(tiny(run), data=counting_pairs(calls))
+            train(tiny(run), data=counting_pairs(random_pair_data, calls))
     finally:
         os.chmod(run / "checkpoints", 0o700)
     assert calls == []
@@ -391,24 +395,26 @@ def test_a_read_only_checkpoints_folder_is_found_before_training(tmp_path):
     ],
 )
 def test_resume_refuses_a_changed_model_naming_the_key(
-    finished_run, tmp_path, section, change, message
+    finished_run, tmp_path, section, change, message, tiny, random_pair_data
 ):
     run = copy_run(finished_run, tmp_path)
     cfg = tiny(run, resume="auto")
     cfg = cfg.replace(**{section: dataclasses.replace(getattr(cfg, section), **change)})
     before = (checkpoint_dir(run, 6) / "train_config.json").read_text()
     with pytest.raises(ConfigError, match=message) as info:
-        train(cfg, data=pairs())
+        train(cfg, data=random_pair_data)
     assert "start a new run folder or revert the change" in str(info.value)
     assert (checkpoint_dir(run, 6) / "train_config.json").read_text() == before
 
 
-def test_resume_may_change_how_the_model_runs_and_records_it(finished_run, tmp_path):
+def test_resume_may_change_how_the_model_runs_and_records_it(
+    finished_run, tmp_path, tiny, random_pair_data
+):
     run = copy_run(finished_run, tmp_path)
     cfg = tiny(
         run, resume="auto", loop=LoopConfig(steps=7, batch_size=8, precision="fp32", device="cpu")
     )
     cfg = cfg.replace(model=dataclasses.replace(cfg.model, grad_checkpointing=True))
-    assert train(cfg, data=pairs()).step == 7
+    assert train(cfg, data=random_pair_data).step == 7
     recorded = json.loads((list_checkpoints(run)[-1][1] / "train_config.json").read_text())
     assert recorded == cfg.to_dict()

@@ -7,9 +7,8 @@ from __future__ import annotations
 import copy
 import json
 import math
-import sys
+from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -22,27 +21,29 @@ from clippo.train.log import read_metrics
 from clippo.train.state import checkpoint_dir, list_checkpoints
 
 
-def trainer_tests() -> ModuleType:
-    """The sibling test module, for its tiny config and data (pytest runs this suite with
-    --import-mode=importlib, which puts no test folder on sys.path)."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    import test_trainer
+@pytest.fixture(scope="session")
+def fp16_config(tiny_config: Any) -> Callable[..., TrainConfig]:
+    """`fp16_config(run_dir, **loop)`: the tiny run for 4 steps in fp16, `loop` fields replaced."""
 
-    return test_trainer
+    def make(run_dir: Path, **loop: Any) -> TrainConfig:
+        fields = {"steps": 4, "batch_size": 8, "precision": "fp16", "device": "cpu", **loop}
+        return tiny_config(run_dir, loop=LoopConfig(**fields))
 
-
-def fp16_config(run_dir: Path, **loop: Any) -> TrainConfig:
-    fields = {"steps": 4, "batch_size": 8, "precision": "fp16", "device": "cpu", **loop}
-    return trainer_tests().tiny_config(run_dir, loop=LoopConfig(**fields))
+    return make
 
 
-def fp16_trainer(cfg: TrainConfig, model: Any, batch: Any, scale: float) -> Trainer:
-    """A Trainer over a fixed batch whose gradient scaler starts at `scale` (set through the
-    scaler's own state, as a resumed run's is)."""
-    trainer = Trainer(cfg, trainer_tests().factory(lambda s: batch), [], copy.deepcopy(model))
-    assert trainer.scaler.is_enabled() and trainer.precision.name == "fp16"
-    trainer.scaler.load_state_dict({**trainer.scaler.state_dict(), "scale": scale})
-    return trainer
+@pytest.fixture(scope="session")
+def fp16_trainer(factory: Any) -> Callable[..., Trainer]:
+    """`fp16_trainer(cfg, model, batch, scale)`: a Trainer over a fixed batch whose gradient
+    scaler starts at `scale` (set through the scaler's own state, as a resumed run's is)."""
+
+    def make(cfg: TrainConfig, model: Any, batch: Any, scale: float) -> Trainer:
+        trainer = Trainer(cfg, factory(lambda s: batch), [], copy.deepcopy(model))
+        assert trainer.scaler.is_enabled() and trainer.precision.name == "fp16"
+        trainer.scaler.load_state_dict({**trainer.scaler.state_dict(), "scale": scale})
+        return trainer
+
+    return make
 
 
 @pytest.fixture(scope="module")
@@ -51,17 +52,18 @@ def tiny_model() -> Any:
     return build_model(ModelSection(variant="tiny-test", image_size=32, out_dim=32))
 
 
-def fp32_grads(tmp_path: Path, model: Any, batch: Any) -> dict[str, torch.Tensor]:
-    cfg = fp16_config(tmp_path / "fp32", precision="fp32")
-    trainer = Trainer(cfg, trainer_tests().factory(lambda s: batch), [], copy.deepcopy(model))
+def fp32_grads(cfg: TrainConfig, model: Any, batch: Any, factory: Any) -> dict[str, torch.Tensor]:
+    trainer = Trainer(cfg, factory(lambda s: batch), [], copy.deepcopy(model))
     trainer.step(batch)
     return {n: p.grad.clone() for n, p in trainer.core.named_parameters()}
 
 
 @pytest.mark.parametrize("accum", [1, 4])
-def test_the_whole_accumulated_gradient_is_unscaled_once_per_step(tmp_path, tiny_model, accum):
-    batch = trainer_tests().random_pairs(3)
-    ref = fp32_grads(tmp_path, tiny_model, batch)
+def test_the_whole_accumulated_gradient_is_unscaled_once_per_step(
+    tmp_path, tiny_model, accum, fp16_config, fp16_trainer, random_pairs, factory
+):
+    batch = random_pairs(3)
+    ref = fp32_grads(fp16_config(tmp_path / "fp32", precision="fp32"), tiny_model, batch, factory)
     # no clipping: the optimiser then sees the unscaled gradient itself
     cfg = fp16_config(tmp_path / "fp16", accum_steps=accum, clip_grad_norm=0.0)
     trainer = fp16_trainer(cfg, tiny_model, batch, scale=2.0**10)
@@ -90,9 +92,9 @@ def test_the_whole_accumulated_gradient_is_unscaled_once_per_step(tmp_path, tiny
 
 @pytest.mark.parametrize("accum", [1, 2])
 def test_a_step_with_overflowing_gradients_is_skipped_and_the_scale_halves(
-    tmp_path, tiny_model, accum
+    tmp_path, tiny_model, accum, fp16_config, fp16_trainer, random_pairs
 ):
-    batch = trainer_tests().random_pairs(4)
+    batch = random_pairs(4)
     cfg = fp16_config(tmp_path, accum_steps=accum)
     # 2^60 times the loss overflows float16 in the backward pass
     trainer = fp16_trainer(cfg, tiny_model, batch, scale=2.0**60)
@@ -113,12 +115,14 @@ def test_a_step_with_overflowing_gradients_is_skipped_and_the_scale_halves(
     assert trainer.state.extra["fp16_skipped_steps"] == 1
 
 
-def test_overflow_at_a_scale_of_one_is_a_divergence(tmp_path, tiny_model):
+def test_overflow_at_a_scale_of_one_is_a_divergence(
+    tmp_path, tiny_model, fp16_config, fp16_trainer, random_pairs
+):
     """A logit scale of e^80 keeps the float32 loss finite but its gradient overflows float16
     even unscaled: no loss scale can fix that, so the run stops instead of skipping forever.
     (The pairs are mismatched: the softmax saturates, and correct pairs would give it a zero
     gradient.)"""
-    left, right = trainer_tests().random_pairs(5)
+    left, right = random_pairs(5)
     batch = (left, right.roll(1, dims=0))
     trainer = fp16_trainer(fp16_config(tmp_path), tiny_model, batch, scale=1.0)
     with torch.no_grad():
@@ -127,12 +131,13 @@ def test_overflow_at_a_scale_of_one_is_a_divergence(tmp_path, tiny_model):
         trainer.update(batch)
 
 
-def test_fp16_run_logs_and_checkpoints_its_scaler_and_resumes_exactly(tmp_path):
-    tt = trainer_tests()
+def test_fp16_run_logs_and_checkpoints_its_scaler_and_resumes_exactly(
+    tmp_path, fp16_config, random_pair_data
+):
     cfg = fp16_config(tmp_path / "full").replace(
         checkpoint=CheckpointConfig(every_steps=2, keep_last=5)
     )
-    full = train(cfg, data=tt.factory(tt.random_pairs))
+    full = train(cfg, data=random_pair_data)
     assert full.metrics["precision"] == "fp16"
     records = [r for r in read_metrics(tmp_path / "full" / "metrics.jsonl") if "loss" in r]
     assert all(r["precision"] == "fp16" for r in records)
@@ -152,7 +157,7 @@ def test_fp16_run_logs_and_checkpoints_its_scaler_and_resumes_exactly(tmp_path):
         checkpoint=CheckpointConfig(every_steps=2, keep_last=5, resume=str(first)),
         logging=cfg.logging.__class__(run_dir=str(tmp_path / "resumed"), progress=False),
     )
-    trainer = Trainer(resumed_cfg, tt.factory(tt.random_pairs), [], None)
+    trainer = Trainer(resumed_cfg, random_pair_data, [], None)
     assert trainer.scaler.state_dict() == {**saved, "scale": float(saved["scale"])}
     resumed = trainer.run()
     assert [s for s, _ in list_checkpoints(tmp_path / "resumed")] == [4]
@@ -165,7 +170,7 @@ def test_fp16_run_logs_and_checkpoints_its_scaler_and_resumes_exactly(tmp_path):
     assert end["state"]["grad_scaler"] == again["state"]["grad_scaler"]
 
 
-def test_fp16_is_refused_with_fsdp_and_named_in_the_error(tmp_path):
+def test_fp16_is_refused_with_fsdp_and_named_in_the_error(tmp_path, fp16_config):
     from clippo.train.config import ConfigError
 
     with pytest.raises(ConfigError, match="'fp16' is not supported with loop.parallel = 'fsdp'"):

@@ -12,7 +12,6 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -293,26 +292,16 @@ def test_metrics_log_drops_records_after_the_resume_step(tmp_path):
     assert read_metrics(tmp_path / "metrics.jsonl") == [{"step": 1, "loss": "nan"}]
 
 
-def trainer_tests() -> ModuleType:
-    """The sibling test module, for its tiny config and data (pytest runs this suite with
-    --import-mode=importlib, which puts no test folder on sys.path)."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    import test_trainer
-
-    return test_trainer
-
-
-def _pairs() -> Any:
-    tt = trainer_tests()
-    return tt.factory(tt.random_pairs)
-
-
-def _sigmoid_run(tmp_path: Path) -> tuple[TrainConfig, Path]:
-    """A 4-step sigmoid-loss run checkpointed at steps 2 and 4 -> (its config, step 2's dir)."""
+@pytest.fixture
+def sigmoid_run(
+    tmp_path: Path, tiny_config: Any, random_pair_data: Any
+) -> tuple[TrainConfig, Path]:
+    """A 4-step sigmoid-loss run in tmp_path / "full", checkpointed at steps 2 and 4 -> (its
+    config, step 2's dir)."""
     loop = LoopConfig(steps=4, batch_size=8, precision="fp32", device="cpu", loss="sigmoid")
-    full = trainer_tests().tiny_config(tmp_path / "full", loop=loop)
+    full = tiny_config(tmp_path / "full", loop=loop)
     full = full.replace(checkpoint=CheckpointConfig(every_steps=2))
-    train(full, data=_pairs())
+    train(full, data=random_pair_data)
     return full, checkpoint_dir(tmp_path / "full", 2)
 
 
@@ -330,11 +319,13 @@ def assert_same_weights(a: Path, b: Path) -> None:
         assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
 
 
-def test_in_process_resume_with_sigmoid_loss_restores_the_bias(tmp_path):
+def test_in_process_resume_with_sigmoid_loss_restores_the_bias(
+    tmp_path, sigmoid_run, random_pair_data
+):
     """Resume from an explicit checkpoint path (into a new run directory): the sigmoid loss's
     learned bias and the AdamW state come back, so the last steps repeat exactly."""
-    full, middle = _sigmoid_run(tmp_path)
-    result = train(_resume_into(full, middle, tmp_path / "again"), data=_pairs())
+    full, middle = sigmoid_run
+    result = train(_resume_into(full, middle, tmp_path / "again"), data=random_pair_data)
     assert result.step == 4
     a = load_file(str(checkpoint_dir(tmp_path / "full", 4) / LOSS_FILE))
     b = load_file(str(checkpoint_dir(tmp_path / "again", 4) / LOSS_FILE))
@@ -344,13 +335,15 @@ def test_in_process_resume_with_sigmoid_loss_restores_the_bias(tmp_path):
     assert_same_weights(checkpoint_dir(tmp_path / "again", 4), checkpoint_dir(tmp_path / "full", 4))
 
 
-def test_the_bias_is_saved_beside_the_model_and_restored_from_there(tmp_path):
-    full, middle = _sigmoid_run(tmp_path)
+def test_the_bias_is_saved_beside_the_model_and_restored_from_there(
+    tmp_path, sigmoid_run, random_pair_data
+):
+    full, middle = sigmoid_run
     saved = load_file(str(middle / LOSS_FILE))
     assert list(saved) == ["logit_bias"] and saved["logit_bias"].item() != SIGLIP_BIAS_INIT
     assert "logit_bias" not in load_state(middle, "optimizer")
     # the bias is the loss module's only; the optimiser has it in its own group, without decay
-    trainer = Trainer(_resume_into(full, middle, tmp_path / "again"), _pairs(), [], None)
+    trainer = Trainer(_resume_into(full, middle, tmp_path / "again"), random_pair_data, [], None)
     own = [n for n, _ in trainer.core.named_parameters() if not n.startswith("model.")]
     assert own == ["loss.logit_bias"]
     assert torch.equal(trainer.core.loss.logit_bias.detach(), saved["logit_bias"])
@@ -359,22 +352,13 @@ def test_the_bias_is_saved_beside_the_model_and_restored_from_there(tmp_path):
     assert group["params"] == [trainer.core.loss.logit_bias]
 
 
-def to_legacy_layout(ckpt: Path) -> dict[str, Any]:
-    """Rewrite a checkpoint in the layout written before the manifest: its optimiser and RNG
-    state pickled in optimizer.pt by torch.save, no optimizer.{safetensors,json}, no manifest.
-    Returns what was pickled."""
-    optim = load_state(ckpt, "optimizer")
-    torch.save(optim, ckpt / "optimizer.pt")
-    for name in ("optimizer.safetensors", "optimizer.json", MANIFEST_FILE):
-        (ckpt / name).unlink()
-    return optim
-
-
-def test_a_checkpoint_with_the_bias_in_optimizer_pt_still_resumes(tmp_path):
+def test_a_checkpoint_with_the_bias_in_optimizer_pt_still_resumes(
+    tmp_path, sigmoid_run, random_pair_data, to_legacy_layout
+):
     """Checkpoints written before loss.safetensors kept the bias in optimizer.pt as
     "logit_bias": rewritten into that form, the middle checkpoint resumes to the same end (with
     the legacy opt-in: optimizer.pt is a pickle)."""
-    full, middle = _sigmoid_run(tmp_path)
+    full, middle = sigmoid_run
     old = tmp_path / "old" / "checkpoints" / middle.name
     shutil.copytree(middle, old)
     optim = to_legacy_layout(old)
@@ -386,11 +370,11 @@ def test_a_checkpoint_with_the_bias_in_optimizer_pt_still_resumes(tmp_path):
     assert torch.equal(restored.loss["logit_bias"], optim["logit_bias"])
     assert "logit_bias" not in restored.optim
     cfg = _resume_into(full, old, tmp_path / "again")
-    train(cfg, data=_pairs(), allow_legacy_pickle=True)
+    train(cfg, data=random_pair_data, allow_legacy_pickle=True)
     assert_same_weights(checkpoint_dir(tmp_path / "again", 4), checkpoint_dir(tmp_path / "full", 4))
 
 
-def test_an_old_sharded_optimizer_state_names_the_bias_as_the_loss_does(tmp_path):
+def test_an_old_sharded_optimizer_state_names_the_bias_as_the_loss_does(tmp_path, to_legacy_layout):
     """FSDP saves optimiser states keyed by parameter name; the bias was the step's own
     "logit_bias" and is now the loss module's "loss.logit_bias"."""
     ckpt = fake_save(tmp_path, 1)
@@ -415,10 +399,10 @@ def test_an_old_sharded_optimizer_state_names_the_bias_as_the_loss_does(tmp_path
     ]
 
 
-def test_fresh_run_refuses_a_run_dir_with_checkpoints(tmp_path):
+def test_fresh_run_refuses_a_run_dir_with_checkpoints(tmp_path, tiny_config, random_pair_data):
     fake_save(tmp_path, 100)  # an earlier, longer run
     with pytest.raises(ConfigError, match="--resume auto"):
-        train(trainer_tests().tiny_config(tmp_path), data=_pairs())
+        train(tiny_config(tmp_path), data=random_pair_data)
     assert [s for s, _ in list_checkpoints(tmp_path)] == [100]
 
 

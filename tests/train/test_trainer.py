@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +17,9 @@ import clippo
 from clippo.train import NonFiniteLossError, Trainer, build_model, train
 from clippo.train.config import (
     CheckpointConfig,
-    DataConfig,
     LoggingConfig,
     LoopConfig,
     ModelSection,
-    OptimConfig,
-    ScheduleConfig,
-    SourceConfig,
     TrainConfig,
 )
 from clippo.train.log import read_metrics
@@ -34,50 +27,12 @@ from clippo.train.state import LOSS_FILE, list_checkpoints
 from clippo.train.step import Loss
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-SYNTHETIC = DataConfig(
-    image_text=(SourceConfig(kind="synthetic", options={"textured": False}),),
-    text_pairs=(SourceConfig(kind="synthetic_paraphrase"),),
-    text_pair_fraction=0.25,
-    num_workers=0,
-)
-
-
-def tiny_config(run_dir: Path, **sections) -> TrainConfig:
-    """tiny-test tower at 32 px (4 tokens), AdamW, fp32 on CPU, no progress bar."""
-    base = TrainConfig(
-        data=SYNTHETIC,
-        model=ModelSection(variant="tiny-test", image_size=32, out_dim=32),
-        optim=OptimConfig(name="adamw", lr=1e-3, wd=1e-4),
-        schedule=ScheduleConfig(kind="constant"),
-        loop=LoopConfig(steps=6, batch_size=8, precision="fp32", device="cpu"),
-        checkpoint=CheckpointConfig(every_steps=3, keep_last=5),
-        logging=LoggingConfig(run_dir=str(run_dir), every_steps=1, progress=False),
-    )
-    return base.replace(**sections)
-
-
-def random_pairs(step: int, batch: int = 8, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixels in [-1, 1]; the right side is a noisy copy of the left, so pairs are learnable."""
-    g = torch.Generator().manual_seed(1000 + step)
-    left = torch.rand(batch, 3, size, size, generator=g) * 2 - 1
-    right = (left + 0.3 * torch.randn(left.shape, generator=g)).clamp(-1, 1)
-    return left, right
-
-
-def factory(make):
-    def data(start_step):
-        step = start_step
-        while True:
-            yield make(step)
-            step += 1
-
-    return data
 
 
 # ---- end to end --------------------------------------------------------------------------------
 
 
-def test_end_to_end_on_synthetic_data(tmp_path):
+def test_end_to_end_on_synthetic_data(tmp_path, tiny_config, random_pairs):
     cfg = tiny_config(tmp_path / "run")
     result = train(cfg)
     assert result.step == 6 and not result.preempted
@@ -110,11 +65,11 @@ def test_end_to_end_on_synthetic_data(tmp_path):
     assert any(not torch.equal(first[k], last[k]) for k in first)
 
 
-def test_device_rendering_gives_the_same_loss_as_worker_rendering(tmp_path):
+def test_device_rendering_gives_the_same_loss_as_worker_rendering(tmp_path, tiny_config):
     losses = {}
     for where in ("worker", "device"):
-        data = SYNTHETIC.__class__(**{**SYNTHETIC.__dict__, "render_on": where})
-        cfg = tiny_config(tmp_path / where, data=data)
+        cfg = tiny_config(tmp_path / where)
+        cfg = cfg.replace(data=dataclasses.replace(cfg.data, render_on=where))
         cfg = cfg.replace(loop=LoopConfig(steps=2, batch_size=8, precision="fp32", device="cpu"))
         train(cfg)
         recs = read_metrics(tmp_path / where / "metrics.jsonl")
@@ -122,7 +77,7 @@ def test_device_rendering_gives_the_same_loss_as_worker_rendering(tmp_path):
     np.testing.assert_allclose(losses["device"], losses["worker"], rtol=1e-6)
 
 
-def test_loss_decreases_when_fitting_a_fixed_batch(tmp_path):
+def test_loss_decreases_when_fitting_a_fixed_batch(tmp_path, tiny_config, random_pairs, factory):
     batch = random_pairs(0)
     cfg = tiny_config(
         tmp_path, loop=LoopConfig(steps=25, batch_size=8, precision="fp32", device="cpu")
@@ -134,7 +89,7 @@ def test_loss_decreases_when_fitting_a_fixed_batch(tmp_path):
     assert losses[-1] < 0.5 * losses[0], losses
 
 
-def test_bf16_autocast_and_init_from_big_vision(tmp_path):
+def test_bf16_autocast_and_init_from_big_vision(tmp_path, tiny_config, random_pairs, factory):
     # the public big_vision fixture (a CLIPPO npz) as the tower init; its sizes are tiny-test's
     npz = FIXTURES / "clippo_tiny_public.npz"
     section = ModelSection(variant="tiny-test", image_size=64, out_dim=48, init_from=str(npz))
@@ -158,7 +113,7 @@ def test_bf16_autocast_and_init_from_big_vision(tmp_path):
 # ---- gradients -----------------------------------------------------------------------------------
 
 
-def grads_after_one_step(cfg: TrainConfig, model, batch) -> dict[str, torch.Tensor]:
+def grads_after_one_step(cfg: TrainConfig, model, batch, factory) -> dict[str, torch.Tensor]:
     trainer = Trainer(cfg, factory(lambda s: batch), [], copy.deepcopy(model))
     trainer.step(batch)
     out = {n: p.grad.clone() for n, p in trainer.core.named_parameters() if p.grad is not None}
@@ -167,14 +122,14 @@ def grads_after_one_step(cfg: TrainConfig, model, batch) -> dict[str, torch.Tens
 
 
 @pytest.mark.parametrize("loss", ["softmax", "sigmoid"])
-def test_grad_accumulation_equals_one_big_batch(tmp_path, loss):
+def test_grad_accumulation_equals_one_big_batch(tmp_path, loss, tiny_config, random_pairs, factory):
     batch = random_pairs(3, batch=8)
     torch.manual_seed(0)
     model = build_model(ModelSection(variant="tiny-test", image_size=32, out_dim=32))
     loop = LoopConfig(steps=2, batch_size=8, precision="fp32", device="cpu", loss=loss)
-    full = grads_after_one_step(tiny_config(tmp_path, loop=loop), model, batch)
+    full = grads_after_one_step(tiny_config(tmp_path, loop=loop), model, batch, factory)
     loop4 = LoopConfig(**{**loop.__dict__, "accum_steps": 4})
-    accum = grads_after_one_step(tiny_config(tmp_path, loop=loop4), model, batch)
+    accum = grads_after_one_step(tiny_config(tmp_path, loop=loop4), model, batch, factory)
     assert full.keys() == accum.keys()
     for name in full:
         scale = full[name].abs().max().item()
@@ -194,14 +149,14 @@ def test_grad_accumulation_equals_one_big_batch(tmp_path, loss):
     assert (naive - ref).abs().max().item() > 1e-2 * ref.abs().max().item()
 
 
-def test_grad_checkpointing_gives_the_same_gradients(tmp_path):
+def test_grad_checkpointing_gives_the_same_gradients(tmp_path, tiny_config, random_pairs, factory):
     batch = random_pairs(4)
     torch.manual_seed(0)
     section = ModelSection(variant="tiny-test", image_size=32, out_dim=32)
     model = build_model(section)
-    plain = grads_after_one_step(tiny_config(tmp_path, model=section), model, batch)
+    plain = grads_after_one_step(tiny_config(tmp_path, model=section), model, batch, factory)
     ckpt_section = ModelSection(**{**section.__dict__, "grad_checkpointing": True})
-    ckpt = grads_after_one_step(tiny_config(tmp_path, model=ckpt_section), model, batch)
+    ckpt = grads_after_one_step(tiny_config(tmp_path, model=ckpt_section), model, batch, factory)
     for name in plain:
         torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-5, atol=1e-7, msg=name)
 
@@ -209,7 +164,9 @@ def test_grad_checkpointing_gives_the_same_gradients(tmp_path):
 # ---- failure handling and hooks ------------------------------------------------------------------
 
 
-def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
+    tmp_path, tiny_config, random_pairs, factory
+):
     def make(step):
         left, right = random_pairs(step)
         if step == 5:
@@ -228,7 +185,9 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_hooks_run_in_eval_mode_every_n_steps_and_at_the_end(tmp_path):
+def test_hooks_run_in_eval_mode_every_n_steps_and_at_the_end(
+    tmp_path, tiny_config, random_pair_data
+):
     calls = []
 
     def hook(model, step):
@@ -241,14 +200,14 @@ def test_hooks_run_in_eval_mode_every_n_steps_and_at_the_end(tmp_path):
     cfg = cfg.replace(
         logging=LoggingConfig(run_dir=str(tmp_path), eval_every_steps=2, progress=False)
     )
-    result = train(cfg, data=factory(random_pairs), hooks=[hook])
+    result = train(cfg, data=random_pair_data, hooks=[hook])
     assert calls == [(2, False, False), (4, False, False), (5, False, False)]
     assert result.model.training
     logged = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "eval/step_seen" in r]
     assert [(r["step"], r["eval/step_seen"]) for r in logged] == [(2, 2.0), (4, 4.0), (5, 5.0)]
 
 
-def test_wrong_batch_size_from_data_is_an_error(tmp_path):
+def test_wrong_batch_size_from_data_is_an_error(tmp_path, tiny_config, random_pairs, factory):
     cfg = tiny_config(tmp_path)
     with pytest.raises(ValueError, match="expected 8"):
         train(cfg, data=factory(lambda s: random_pairs(s, batch=4)))
@@ -256,89 +215,13 @@ def test_wrong_batch_size_from_data_is_an_error(tmp_path):
 
 # ---- DDP (two CPU processes, gloo) -------------------------------------------------------------
 
-DDP_SCRIPT = textwrap.dedent(
-    """
-    import sys, torch
-    from clippo.train import train
-    from clippo.train.config import load_train_config
-    import clippo.train.distributed as cdist
 
-    cfg = load_train_config(sys.argv[1])
-    info = cdist.init_distributed(device="cpu")
-    def data(start):
-        step = start
-        while True:
-            g = torch.Generator().manual_seed(1000 + step)
-            left = torch.rand(8, 3, 32, 32, generator=g) * 2 - 1
-            right = (left + 0.3 * torch.randn(left.shape, generator=g)).clamp(-1, 1)
-            b = 8 // info.world_size
-            yield left[info.rank * b:(info.rank + 1) * b], right[info.rank * b:(info.rank + 1) * b]
-            step += 1
-    probe = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(7)) * 2 - 1
-    def hook(model, step):  # runs on rank 0 (DDP) or on every rank (FSDP: sharded weights)
-        return {"eval/probe": float(model.encode(probe).sum())}
-    train(cfg, data=data, hooks=[hook])
-    cdist.cleanup()
-    """
-)
-
-
-DIST_CONFIG = """
-[model]
-variant = "tiny-test"
-image_size = 32
-out_dim = 32
-[optim]
-name = "adamw"
-lr = 1e-3
-[schedule]
-kind = "constant"
-[loop]
-steps = 4
-batch_size = 8
-accum_steps = {accum}
-precision = "fp32"
-device = "cpu"
-parallel = "{parallel}"
-loss = "{loss}"
-[checkpoint]
-every_steps = 2
-resume = "{resume}"
-[logging]
-run_dir = "{run_dir}"
-progress = false
-tensorboard = false
-"""
-
-
-def torchrun(tmp_path: Path, name: str, nproc: int, **fields) -> Path:
-    """Train DIST_CONFIG with `nproc` CPU processes (gloo); returns the run directory."""
-    script = tmp_path / "dist_train.py"
-    script.write_text(DDP_SCRIPT, encoding="utf-8")
-    run_dir = tmp_path / name
-    toml = tmp_path / f"{name}.toml"
-    fields = {"loss": "softmax", **fields}
-    toml.write_text(DIST_CONFIG.format(run_dir=run_dir, **fields), encoding="utf-8")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [*cmd, str(script), str(toml)], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return run_dir
-
-
-def embeddings(run_dir: Path, step: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def embeddings(run_dir: Path, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The newest checkpoint's embeddings of `x` (N, 3, 32, 32) -> ((N, 32), its log scale)."""
     ckpts = dict(list_checkpoints(run_dir))
-    model = clippo.load(ckpts[step if step is not None else max(ckpts)])
+    model = clippo.load(ckpts[max(ckpts)])
     with torch.no_grad():
-        return model.encode(torch.cat(random_pairs(99))), model.t.detach()
+        return model.encode(x), model.t.detach()
 
 
 def loss_state(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -350,15 +233,17 @@ def loss_state(run_dir: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize(
     "parallel,loss", [("ddp", "softmax"), ("fsdp", "softmax"), ("fsdp", "sigmoid")]
 )
-def test_distributed_with_accumulation_matches_a_single_process(tmp_path, parallel, loss):
+def test_distributed_with_accumulation_matches_a_single_process(
+    tmp_path, parallel, loss, torchrun, random_pairs
+):
+    x = torch.cat(random_pairs(99))
     single = torchrun(tmp_path, "single", 1, accum=1, parallel="auto", resume="", loss=loss)
     dist = torchrun(tmp_path, parallel, 2, accum=2, parallel=parallel, resume="", loss=loss)
     # Compare what the models compute: AdamW turns the float noise in gradients that are zero in
     # exact arithmetic (key biases: softmax is shift-invariant) into +-lr steps on those biases,
     # which change no output.
-    (z_single, t_single), (z_dist, t_dist) = embeddings(single), embeddings(dist)
+    (z_single, t_single), (z_dist, t_dist) = embeddings(single, x), embeddings(dist, x)
     with torch.no_grad():
-        x = torch.cat(random_pairs(99))
         init = build_model(ModelSection(variant="tiny-test", image_size=32, out_dim=32)).encode(x)
     assert (z_single - init).abs().max() > 1e-3  # training moved the embeddings
     torch.testing.assert_close(z_dist, z_single, rtol=0, atol=2e-5)
@@ -380,7 +265,7 @@ def test_distributed_with_accumulation_matches_a_single_process(tmp_path, parall
             tmp_path, "resumed", 2, accum=2, parallel=parallel, resume=first, loss=loss
         )
         assert [s for s, _ in list_checkpoints(resumed)] == [4]
-        z_resumed, t_resumed = embeddings(resumed)
+        z_resumed, t_resumed = embeddings(resumed, x)
         torch.testing.assert_close(z_resumed, z_dist, rtol=0, atol=1e-6)
         torch.testing.assert_close(t_resumed, t_dist, rtol=0, atol=1e-7)
         for name, value in loss_state(resumed).items():

@@ -9,8 +9,8 @@ import math
 import struct
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -38,15 +38,6 @@ HELDOUT = SourceConfig(kind="synthetic", options={"textured": False, "split": "h
 HELDOUT_TEXT = SourceConfig(kind="synthetic_paraphrase", options={"length": 1000})
 
 
-def trainer_tests() -> ModuleType:
-    """The sibling test module, for its tiny config and data (pytest runs this suite with
-    --import-mode=importlib, which puts no test folder on sys.path)."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    import test_trainer
-
-    return test_trainer
-
-
 # ---- validation loss ---------------------------------------------------------------------------
 
 
@@ -64,8 +55,7 @@ def hand_loss(
 
 
 @pytest.mark.parametrize(("kind", "accum"), [("softmax", 1), ("sigmoid", 2)])
-def test_validation_loss_equals_the_loss_computed_by_hand(tmp_path, kind, accum):
-    tt = trainer_tests()
+def test_validation_loss_equals_the_loss_computed_by_hand(tmp_path, kind, accum, tiny_config):
     val = ValidationConfig(
         every=2,
         batches=2,
@@ -76,7 +66,7 @@ def test_validation_loss_equals_the_loss_computed_by_hand(tmp_path, kind, accum)
     loop = LoopConfig(
         steps=4, batch_size=8, accum_steps=accum, precision="fp32", device="cpu", loss=kind
     )
-    cfg = tt.tiny_config(tmp_path, loop=loop, validation=val)
+    cfg = tiny_config(tmp_path, loop=loop, validation=val)
     cfg = cfg.replace(checkpoint=CheckpointConfig(every_steps=2, keep_last=5))
 
     seen = set()  # (training mode, grad enabled) of every forward through the model
@@ -116,37 +106,47 @@ def test_validation_loss_equals_the_loss_computed_by_hand(tmp_path, kind, accum)
     assert logged[2] != logged[4]  # the model moved between the two
 
 
-def test_a_bad_validation_source_is_an_error_naming_the_section(tmp_path):
-    tt = trainer_tests()
+def test_a_bad_validation_source_is_an_error_naming_the_section(
+    tmp_path, tiny_config, random_pair_data
+):
     missing = SourceConfig(kind="csv", path=str(tmp_path / "missing.csv"))
-    cfg = tt.tiny_config(tmp_path, validation=ValidationConfig(every=1, image_text=(missing,)))
+    cfg = tiny_config(tmp_path, validation=ValidationConfig(every=1, image_text=(missing,)))
     with pytest.raises(ValueError, match=r"^validation \(its sources.*missing\.csv"):
-        train(cfg, data=tt.factory(tt.random_pairs))
+        train(cfg, data=random_pair_data)
 
 
 # ---- the logit-scale clamp ---------------------------------------------------------------------
 
 
-def logit_scales(run_dir: Path, max_logit_scale: float) -> tuple[list[float], torch.Tensor]:
-    """A softmax run on one learnable batch from a logit scale of 90 with a large learning rate:
-    the loss pushes the scale up. -> (logged scales, final t)."""
-    tt = trainer_tests()
-    batch = tt.random_pairs(0)
-    loop = LoopConfig(
-        steps=8, batch_size=8, precision="fp32", device="cpu", max_logit_scale=max_logit_scale
-    )
-    cfg = tt.tiny_config(run_dir, loop=loop)
-    cfg = cfg.replace(
-        model=ModelSection(variant="tiny-test", image_size=32, out_dim=32, temperature_init=90.0),
-        optim=cfg.optim.__class__(name="adamw", lr=0.05, wd=0.0),
-        checkpoint=CheckpointConfig(every_steps=0),
-    )
-    result = train(cfg, data=tt.factory(lambda s: batch))
-    logged = [r["logit_scale"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
-    return logged, result.model.t.detach()
+@pytest.fixture
+def logit_scales(
+    tiny_config: Any, random_pairs: Any, factory: Any
+) -> Callable[[Path, float], tuple[list[float], torch.Tensor]]:
+    """`logit_scales(run_dir, max_logit_scale)`: a softmax run on one learnable batch from a
+    logit scale of 90 with a large learning rate: the loss pushes the scale up. -> (logged
+    scales, final t)."""
+
+    def run(run_dir: Path, max_logit_scale: float) -> tuple[list[float], torch.Tensor]:
+        batch = random_pairs(0)
+        loop = LoopConfig(
+            steps=8, batch_size=8, precision="fp32", device="cpu", max_logit_scale=max_logit_scale
+        )
+        cfg = tiny_config(run_dir, loop=loop)
+        cfg = cfg.replace(
+            model=ModelSection(
+                variant="tiny-test", image_size=32, out_dim=32, temperature_init=90.0
+            ),
+            optim=cfg.optim.__class__(name="adamw", lr=0.05, wd=0.0),
+            checkpoint=CheckpointConfig(every_steps=0),
+        )
+        result = train(cfg, data=factory(lambda s: batch))
+        logged = [r["logit_scale"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+        return logged, result.model.t.detach()
+
+    return run
 
 
-def test_the_logit_scale_is_clamped_at_100_after_every_step(tmp_path):
+def test_the_logit_scale_is_clamped_at_100_after_every_step(tmp_path, logit_scales):
     free, t_free = logit_scales(tmp_path / "free", 0.0)
     assert max(free) > 110  # unclamped, this run takes the scale past 100
     clamped, t = logit_scales(tmp_path / "clamped", 100.0)
@@ -208,11 +208,10 @@ def read_wandb_run(run_folder: Path) -> tuple[list[dict[str, Any]], dict[str, An
     return history, config
 
 
-def test_wandb_offline_run_logs_the_metrics_and_the_config(tmp_path):
+def test_wandb_offline_run_logs_the_metrics_and_the_config(tmp_path, tiny_config, random_pair_data):
     pytest.importorskip("wandb")
-    tt = trainer_tests()
     wandb_dir = tmp_path / "wandb-files"
-    cfg = tt.tiny_config(tmp_path / "run")
+    cfg = tiny_config(tmp_path / "run")
     cfg = cfg.replace(
         loop=LoopConfig(steps=3, batch_size=8, precision="fp32", device="cpu"),
         logging=LoggingConfig(
@@ -231,7 +230,7 @@ def test_wandb_offline_run_logs_the_metrics_and_the_config(tmp_path):
         validation=ValidationConfig(every=3, image_text=(HELDOUT,)),
         checkpoint=CheckpointConfig(every_steps=0),
     )
-    train(cfg, data=tt.factory(tt.random_pairs))
+    train(cfg, data=random_pair_data)
     (folder,) = (wandb_dir / "wandb").glob("offline-run-*")
     history, config = read_wandb_run(folder)
     jsonl = read_metrics(tmp_path / "run" / "metrics.jsonl")
@@ -254,15 +253,16 @@ def test_wandb_offline_run_logs_the_metrics_and_the_config(tmp_path):
         loop=LoopConfig(steps=4, batch_size=8, precision="fp32", device="cpu"),
         checkpoint=CheckpointConfig(every_steps=0, resume="auto"),
     )
-    train(longer, data=tt.factory(tt.random_pairs))
+    train(longer, data=random_pair_data)
     folders = sorted((wandb_dir / "wandb").glob("offline-run-*"))
     assert len(folders) == 2 and folders[1].name.endswith(state["extra"]["wandb_id"])
     resumed, _ = read_wandb_run(folders[1])
     assert [row["_step"] for row in resumed if "loss" in row] == [4]
 
 
-def test_wandb_needs_its_package_only_when_asked_for(tmp_path, monkeypatch):
-    tt = trainer_tests()
+def test_wandb_needs_its_package_only_when_asked_for(
+    tmp_path, monkeypatch, tiny_config, random_pair_data
+):
     import importlib.util
 
     # as if wandb were not installed (it is, for the test above): only its lookup fails
@@ -273,11 +273,11 @@ def test_wandb_needs_its_package_only_when_asked_for(tmp_path, monkeypatch):
         "find_spec",
         lambda name, *a: None if name == "wandb" else find_spec(name, *a),
     )
-    base: TrainConfig = tt.tiny_config(tmp_path / "off")
+    base: TrainConfig = tiny_config(tmp_path / "off")
     cfg = base.replace(checkpoint=CheckpointConfig(every_steps=0))
     train(
         cfg.replace(loop=LoopConfig(steps=1, batch_size=8, precision="fp32", device="cpu")),
-        data=tt.factory(tt.random_pairs),
+        data=random_pair_data,
     )
     asked = cfg.replace(
         logging=LoggingConfig(
@@ -285,7 +285,7 @@ def test_wandb_needs_its_package_only_when_asked_for(tmp_path, monkeypatch):
         )
     )
     with pytest.raises(ValueError, match="wandb package is not installed"):
-        train(asked, data=tt.factory(tt.random_pairs))
+        train(asked, data=random_pair_data)
 
 
 # ---- two processes -----------------------------------------------------------------------------
@@ -301,34 +301,23 @@ options = {textured = false, split = "heldout"}
 
 
 @pytest.mark.slow
-def test_validation_and_fp16_under_ddp_match_a_single_process(tmp_path):
+def test_validation_and_fp16_under_ddp_match_a_single_process(tmp_path, torchrun):
     """Two gloo processes, each validating its half of every held-out batch (the loss gathers
     the halves), in fp16 with a gradient scaler and accumulation: the logged validation losses
     are the single process's."""
-    import os
-    import subprocess
-
-    tt = trainer_tests()
-    script = tmp_path / "dist_train.py"
-    script.write_text(tt.DDP_SCRIPT, encoding="utf-8")
     logged = {}
     for nproc, accum in ((1, 1), (2, 2)):
-        run_dir = tmp_path / f"p{nproc}"
-        toml = tmp_path / f"p{nproc}.toml"
-        text = tt.DIST_CONFIG.format(
-            run_dir=run_dir, accum=accum, parallel="auto", resume="", loss="softmax"
+        run_dir = torchrun(
+            tmp_path,
+            f"p{nproc}",
+            nproc,
+            extra_toml=VALIDATION_TOML,
+            accum=accum,
+            parallel="auto",
+            resume="",
+            loss="softmax",
+            precision="fp16",
         )
-        text = text.replace('precision = "fp32"', 'precision = "fp16"')
-        toml.write_text(text + VALIDATION_TOML, encoding="utf-8")
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-        done = subprocess.run(
-            [*cmd, f"--nproc_per_node={nproc}", str(script), str(toml)],
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
         records = read_metrics(run_dir / "metrics.jsonl")
         logged[nproc] = {r["step"]: r["val/loss"] for r in records if "val/loss" in r}
         assert all(r["precision"] == "fp16" for r in records if "loss" in r)
