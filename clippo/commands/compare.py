@@ -175,9 +175,7 @@ def compare_plan(
     cfg = cfg.replace(
         model=model,
         loop=dataclasses.replace(loop, steps=n),
-        schedule=dataclasses.replace(
-            cfg.schedule, warmup_steps=min(cfg.schedule.warmup_steps, n // 5)
-        ),
+        schedule=cfg.schedule.within(n),
         # every step logged (the pairs/s median), evaluation after training only, one checkpoint
         logging=dataclasses.replace(
             cfg.logging, every_steps=1, eval_every_steps=0, progress=False, loss_png=False

@@ -66,7 +66,7 @@ def demo_plan(
 
     quick: a seconds-long smoke run of the same code path (a one-block model of width 64, 4
     steps of batch 16, a small evaluation). steps: run length (default: the preset's); the
-    warm-up is shortened to at most a fifth of it. precision: "bf16", "fp32" or "auto"
+    warm-up and cool-down are kept to a fifth of it each. precision: "bf16", "fp32" or "auto"
     (default: the preset's).
     """
     cfg = preset("demo")
@@ -83,9 +83,7 @@ def demo_plan(
         loop=dataclasses.replace(
             loop, steps=n, precision=loop.precision if precision is None else parse_flag(precision)
         ),
-        schedule=dataclasses.replace(
-            cfg.schedule, warmup_steps=min(cfg.schedule.warmup_steps, n // 5)
-        ),
+        schedule=cfg.schedule.within(n),
         logging=dataclasses.replace(
             logging, run_dir=str(Path(out) / "train"), eval_every_steps=max(n // 5, 1)
         ),

@@ -71,6 +71,21 @@ def test_cosine_linear_constant():
     assert const(90) == pytest.approx(0.5)
 
 
+def test_a_schedule_within_a_shorter_run_still_warms_holds_and_cools():
+    cfg = ScheduleConfig("constant", warmup_steps=30, cooldown_steps=180)
+    assert cfg.within(900) == cfg  # the run it was written for: unchanged
+    short = cfg.within(50)
+    assert (short.warmup_steps, short.cooldown_steps) == (10, 10)
+    s = build_schedule(short, 50)
+    assert s(5) == pytest.approx(0.5) and s(25) == 1.0 and s(45) == pytest.approx(0.5)
+    # unfitted, neither the cool-down nor the warm-up would fit a short run
+    with pytest.raises(ValueError, match="cooldown_steps"):
+        build_schedule(cfg, 50)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        build_schedule(cfg, 20)
+    assert build_schedule(cfg.within(20), 20)(2) == pytest.approx(0.5)
+
+
 def test_schedule_config_errors_and_pickle():
     with pytest.raises(ValueError, match="warmup_steps"):
         build_schedule(ScheduleConfig("cosine", warmup_steps=100), 100)
