@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import operator
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -38,6 +39,11 @@ if TYPE_CHECKING:
     import torch
 
 Colour = int | tuple[int, int, int]
+# sys.getrefcount counts every holder of an object (see `TextRenderer._output`): CPython with
+# the GIL (a free-threaded build defers some counts; PyPy has no reference counts)
+_COUNTS_EVERY_REFERENCE = (
+    sys.implementation.name == "cpython" and getattr(sys, "_is_gil_enabled", lambda: True)()
+)
 _SURROGATES = re.compile("[\ud800-\udfff]")
 # line and paragraph separators all break the line; a tab is drawn as one space
 _TO_NORMALISE = re.compile("[\r\u2028\u2029\x85\t]")
@@ -140,6 +146,8 @@ class Word:
     # a full cell: the bitmap spans exactly its advance from the pen (a CJK character from
     # Unifont), so consecutive cells tile a line with no gap and no overlap
     cell: bool = False
+    # what `render_batch` reads: (rgb, x0, y0, height, width), set by it (see `_set_draw`)
+    draw: tuple[np.ndarray, int, int, int, int] | None = None
 
 
 class CellRun:
@@ -147,6 +155,7 @@ class CellRun:
     with one `np.concatenate` into the canvas instead of one copy per character (CJK lines)."""
 
     __slots__ = ("cells", "x0", "y0", "advance", "missing", "_alpha")
+    draw = None  # drawn apart from words (`Word.draw`)
 
     def __init__(self, cells: list[Word], width: int) -> None:
         self.cells = cells
@@ -165,6 +174,13 @@ class CellRun:
 
 # what a layout places: one item, or a run of cells drawn as one
 Placed = Word | CellRun
+
+
+# a folded token as `_place_ltr`/`_place_rtl` read it: its word (None: leading spaces), the
+# word's advance, the spaces' advance (None: no spaces), whether the word has ink, its items
+# (the hits a lookup counts) and, for a left-to-right cell (`Word.cell`), its (y0, height,
+# width): cells that touch with the same y0 and height are drawn as one `CellRun`
+_Folded = tuple[Word | None, float, float | None, bool, int, tuple[int, int, int] | None]
 
 
 @dataclass(frozen=True)
@@ -247,7 +263,8 @@ class TextRenderer:
     """Text -> uint8 [H, W, 3] images in every script the bundled fonts cover.
 
     Options: see `TextRenderConfig`. `cache_words` bounds the word cache (items, oldest out
-    first). Picklable: only the settings travel; fonts and caches are rebuilt in the new
+    first). `render_batch` keeps its last two outputs, to reuse their memory once the caller
+    has dropped them. Picklable: only the settings travel; fonts and caches are rebuilt in the new
     process, so DataLoader workers (forked or spawned) draw the same pixels.
     """
 
@@ -255,8 +272,10 @@ class TextRenderer:
         self.config = TextRenderConfig(**kwargs)
         self.cache_words = cache_words
         self._cache: dict[tuple[str, bool], Word] = {}
-        self._folded: dict[tuple[str, bool], tuple[Word | None, Word | None]] = {}
+        # folded tokens, left to right and right to left
+        self._folded: tuple[dict[str, _Folded], dict[str, _Folded]] = ({}, {})
         self._geometry: tuple[TextRenderConfig, float, int, int, int] | None = None
+        self._spares: list[np.ndarray] = []  # the last outputs (see `_output`)
         self.hits = self.misses = 0
 
     @classmethod
@@ -272,8 +291,9 @@ class TextRenderer:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.config, self.cache_words = state["config"], state["cache_words"]
-        self._cache, self._folded, self.hits, self.misses = {}, {}, 0, 0
+        self._cache, self._folded, self.hits, self.misses = {}, ({}, {}), 0, 0
         self._geometry = None
+        self._spares = []
 
     def cache_info(self) -> dict[str, float]:
         """Word-cache entries, bytes of bitmaps held, and hit rate since construction."""
@@ -298,62 +318,113 @@ class TextRenderer:
             self._cache[key] = word
         return word
 
-    def _pair(self, fs: FontSet, token: str, rtl: bool) -> tuple[Word | None, Word | None]:
-        """A folded token -> (its word's Word, its spaces' Word), either None when empty; one
-        lookup for both (each counts as a hit), in a cache bounded like the word cache."""
-        key = (token, rtl)
-        pair = self._folded.get(key)
-        if pair is not None:
-            self.hits += (pair[0] is not None) + (pair[1] is not None)
-            return pair
+    def _fold(self, fs: FontSet, token: str, rtl: bool) -> _Folded:
+        """A folded token -> what `_place_ltr`/`_place_rtl` read of it (one tuple unpacking
+        per token; see `_Folded`), in a cache bounded like the word cache."""
         level = int(rtl)
-        word, spaces = split_folded(token)
-        pair = (
-            self._word(fs, Item(word, WORD, level)) if word else None,
-            self._word(fs, Item(spaces, SPACE, level)) if spaces else None,
+        text, trailing = split_folded(token)
+        word = self._word(fs, Item(text, WORD, level)) if text else None
+        spaces = self._word(fs, Item(trailing, SPACE, level)) if trailing else None
+        entry: _Folded = (
+            word,
+            word.advance if word is not None else 0.0,
+            spaces.advance if spaces is not None else None,
+            word is not None and word.alpha.size > 0,
+            (word is not None) + (spaces is not None),
+            (word.y0, word.alpha.shape[0], word.alpha.shape[1])
+            if word is not None and word.cell and word.alpha.size and not rtl
+            else None,
         )
-        if len(self._folded) >= self.cache_words > 0:
-            del self._folded[next(iter(self._folded))]
+        cache = self._folded[level]
+        if len(cache) >= self.cache_words > 0:
+            del cache[next(iter(cache))]
         if self.cache_words > 0:
-            self._folded[key] = pair
-        return pair
+            cache[token] = entry
+        return entry
 
-    def _wrap_folded(
-        self, fs: FontSet, tokens: list[str], rtl: bool, max_width: float, max_lines: int
-    ) -> list[list[tuple[Word, Word | None]]] | None:
-        """`wrap` for folded tokens (breaks after every token): the same lines, as (word,
-        spaces) pairs; None when a word alone is wider than the line (`wrap` splits it)."""
-        lines: list[list[tuple[Word, Word | None]]] = []
-        cur: list[tuple[Word, Word | None]] = []
-        cur_w = 0.0
-        cached = self._folded.get
-        hits = 0
+    def _place_ltr(
+        self,
+        fs: FontSet,
+        placed: list[tuple[Placed, int, int]],
+        tokens: list[str],
+        max_width: float,
+        n_lines: int,
+        fit: int,
+        baseline: int,
+        pitch: int,
+    ) -> int | None:
+        """Wrap and place a left-to-right paragraph of folded tokens (`folded_tokens`) in one
+        pass, its first line at `baseline` (line `n_lines` of `fit`, lines `pitch` apart): the
+        lines `wrap` makes of its items, placed as the general path of `_place` places them
+        (the same float sums, so the same pixels); drawn lines' words appended to `placed` ->
+        the paragraph's lines (at least 1), or None, with nothing appended, when a word alone
+        is wider than a line (`wrap` splits it: the general path)."""
+        max_lines = fit - n_lines
+        margin = float(self.config.margin)
+        start = len(placed)
+        lines, cur_w, x, empty, hits = 0, 0.0, margin, True, 0
+        run: list[Word] = []  # cells that touch, the first at (run_left, run_y)
+        run_left = run_end = run_y = 0
+        run_cell: tuple[int, int, int] | None = None
+        cached = self._folded[0].get
         for token in tokens:
-            if len(lines) > max_lines:
+            if lines > max_lines:
                 break
-            pair = cached((token, rtl))
-            if pair is None:
-                pair = self._pair(fs, token, rtl)
+            entry = cached(token)
+            if entry is None:
+                entry = self._fold(fs, token, False)
             else:
-                hits += (pair[0] is not None) + (pair[1] is not None)
-            word, spaces = pair
+                hits += entry[4]
+            word, w, spaces, inked, _, cell = entry
             if word is None:  # leading spaces: dropped at a line's start
                 continue
-            w = word.advance
-            if cur and cur_w + w > max_width:
-                lines.append(cur)
-                cur, cur_w = [], 0.0
-            if not cur and w > max_width:
+            if not empty and cur_w + w > max_width:
+                lines += 1
+                cur_w, x, empty = 0.0, margin, True
+                baseline += pitch
+            if empty and w > max_width:
                 self.hits += hits
+                del placed[start:]
                 return None
-            cur.append((word, spaces))
+            if inked and lines < max_lines:
+                left = round(x)
+                if (
+                    cell is not None
+                    and left == run_end
+                    and run
+                    and baseline == run_y
+                    and cell == run_cell
+                ):
+                    run.append(word)  # touching the cell before it: one CellRun with it
+                    run_end += cell[2]
+                else:
+                    if run:
+                        placed.append(
+                            (
+                                CellRun(run, run_end - run_left) if run[1:] else run[0],
+                                run_left,
+                                run_y,
+                            )
+                        )
+                        run = []
+                    if cell is None:
+                        placed.append((word, left, baseline))
+                    else:
+                        run, run_left, run_end, run_cell = [word], left, left + cell[2], cell
+                        run_y = baseline
+            empty = False
             cur_w += w
+            x += w
             if spaces is not None:  # added apart, as `wrap` does: the same float sums
-                cur_w += spaces.advance
-        if cur:
-            lines.append(cur)
+                cur_w += spaces
+                x += spaces
+        if run:
+            placed.append(
+                (CellRun(run, run_end - run_left) if run[1:] else run[0], run_left, run_y)
+            )
         self.hits += hits
-        return lines[: max_lines + 1]
+        # the line begun (or the empty paragraph's one line), counted up to `max_lines` + 1
+        return min(lines, max_lines) + 1
 
     def _split(
         self, fs: FontSet, entry: tuple[Item, Word], max_width: float
@@ -393,16 +464,21 @@ class TextRenderer:
             if n_lines > fit:
                 break
             folded = folded_tokens(paragraph)
-            if folded is not None:
-                tokens, level = folded
-                flines = self._wrap_folded(fs, tokens, bool(level), max_width, fit - n_lines)
-                if flines is not None:
-                    ascii_only = paragraph.isascii()
-                    for fline in flines or [[]]:
-                        if n_lines < fit:
-                            baseline = cfg.margin + n_lines * pitch + ascent
-                            self._place_folded(placed, fline, level, baseline, ascii_only)
-                        n_lines += 1
+            if folded is not None and not folded[1]:
+                baseline = cfg.margin + n_lines * pitch + ascent
+                count = self._place_ltr(
+                    fs, placed, folded[0], max_width, n_lines, fit, baseline, pitch
+                )
+                if count is not None:
+                    n_lines += count
+                    continue
+            elif folded is not None:
+                baseline = cfg.margin + n_lines * pitch + ascent
+                count = self._place_rtl(
+                    fs, placed, folded[0], max_width, n_lines, fit, baseline, pitch
+                )
+                if count is not None:
+                    n_lines += count
                     continue
             items, base = itemize(paragraph)
             lines = wrap(
@@ -426,93 +502,74 @@ class TextRenderer:
                 n_lines += 1
         return placed, n_lines, cut or n_lines > fit
 
-    def _place_folded(
+    def _place_rtl(
         self,
+        fs: FontSet,
         placed: list[tuple[Placed, int, int]],
-        line: list[tuple[Word, Word | None]],
-        level: int,
+        tokens: list[str],
+        max_width: float,
+        n_lines: int,
+        fit: int,
         baseline: int,
-        ascii_only: bool,
+        pitch: int,
+    ) -> int | None:
+        """`_place_ltr` for a paragraph all at level 1: lines wrapped in logical order (the
+        same float sums as `wrap`), then right-aligned with their items in reverse."""
+        max_lines = fit - n_lines
+        start = len(placed)
+        lines, cur_w, hits = 0, 0.0, 0
+        line: list[_Folded] = []
+        cached = self._folded[1].get
+        for token in tokens:
+            if lines > max_lines:
+                break
+            entry = cached(token)
+            if entry is None:
+                entry = self._fold(fs, token, True)
+            else:
+                hits += entry[4]
+            if entry[0] is None:  # leading spaces: dropped at a line's start
+                continue
+            w = entry[1]
+            if line and cur_w + w > max_width:
+                if lines < max_lines:
+                    self._right_aligned(placed, line, baseline)
+                lines += 1
+                line, cur_w = [], 0.0
+                baseline += pitch
+            if not line and w > max_width:
+                self.hits += hits
+                del placed[start:]
+                return None
+            line.append(entry)
+            cur_w += w
+            if entry[2] is not None:  # added apart, as `wrap` does: the same float sums
+                cur_w += entry[2]
+        if line and lines < max_lines:
+            self._right_aligned(placed, line, baseline)
+        self.hits += hits
+        return min(lines, max_lines) + 1  # as `_place_ltr`
+
+    def _right_aligned(
+        self, placed: list[tuple[Placed, int, int]], line: list[_Folded], baseline: int
     ) -> None:
-        """Place one line of (word, spaces) pairs, all at bidi `level`, as `_place` places
-        the same items (the same float sums, so the same pixels). Left to right, cells that
-        touch (each where the one before it ends) go as one `CellRun`, unless the paragraph
-        is ASCII (no CJK cells: the plain loop, without the run bookkeeping)."""
-        cfg = self.config
-        if not level and ascii_only:
-            x = float(cfg.margin)
-            for word, spaces in line:
-                if word.alpha.size:
-                    placed.append((word, round(x), baseline))
-                x += word.advance
-                if spaces is not None:
-                    x += spaces.advance
-            return
-        if not level:
-            x = float(cfg.margin)
-            run: list[Word] = []
-            run_left = run_end = 0
-            for word, spaces in line:
-                if word.cell:
-                    left = round(x)
-                    if run and (
-                        left != run_end
-                        or word.y0 != run[0].y0
-                        or word.alpha.shape[0] != run[0].alpha.shape[0]
-                    ):
-                        placed.append(
-                            (
-                                CellRun(run, run_end - run_left) if len(run) > 1 else run[0],
-                                run_left,
-                                baseline,
-                            )
-                        )
-                        run = []
-                    if not run:
-                        run_left = left
-                    run.append(word)
-                    run_end = left + word.alpha.shape[1]
-                else:
-                    if run:
-                        placed.append(
-                            (
-                                CellRun(run, run_end - run_left) if len(run) > 1 else run[0],
-                                run_left,
-                                baseline,
-                            )
-                        )
-                        run = []
-                    if word.alpha.size:
-                        placed.append((word, round(x), baseline))
-                x += word.advance
-                if spaces is not None:
-                    x += spaces.advance
-            if run:
-                placed.append(
-                    (
-                        CellRun(run, run_end - run_left) if len(run) > 1 else run[0],
-                        run_left,
-                        baseline,
-                    )
-                )
-            return
-        # right to left, right-aligned: the items in reverse, the line's last spaces dropped;
-        # the width summed in that order, as `_place` sums it
+        """Place one right-to-left line as `_place` places the same items: in reverse, the
+        line's last spaces dropped, the width summed in that order (the same pixels)."""
         total = 0.0
         last = len(line) - 1
         for i in range(last, -1, -1):
-            word, spaces = line[i]
+            _, w, spaces, _, _, _ = line[i]
             if spaces is not None and i != last:
-                total += spaces.advance
-            total += word.advance
-        x = cfg.shape[1] - cfg.margin - total
+                total += spaces
+            total += w
+        x = self.config.shape[1] - self.config.margin - total
         for i in range(last, -1, -1):
-            word, spaces = line[i]
+            word, w, spaces, inked, _, _ = line[i]
             if spaces is not None and i != last:
-                x += spaces.advance
-            if word.alpha.size:
+                x += spaces
+            if inked and word is not None:
                 placed.append((word, round(x), baseline))
-            x += word.advance
+            x += w
 
     def layout(self, texts: Sequence[str | bytes]) -> TextLayout:
         """Wrap and place every text (see `TextLayout`)."""
@@ -543,13 +600,49 @@ class TextRenderer:
                 _composite(canvas, word.alpha, x + word.x0, baseline + word.y0, np.maximum)
         return out
 
+    def _placements(self, texts: Sequence[str | bytes]) -> list[list[tuple[Placed, int, int]]]:
+        """`layout(texts).placed` alone (what drawing needs)."""
+        if isinstance(texts, str | bytes):
+            raise TypeError("expected a sequence of texts, got a single text")
+        fs = font_set(self.config.font_size)
+        place = self._place
+        return [place(fs, _as_str(t))[0] for t in texts]
+
+    def _output(self, shape: tuple[int, int, int, int]) -> np.ndarray:
+        """An uninitialised uint8 array for `render_batch`: one of the last two calls'
+        outputs that nothing but this renderer refers to any more (the caller dropped it and
+        every view of it: a view, memoryview or tensor sharing its memory holds a reference),
+        else a new one. Two, so that `images = renderer.render_batch(texts)` in a loop, which
+        holds the last output during the next call, reuses the one before.
+
+        Fresh memory costs more to fill than drawing the text does (the kernel zeroes each
+        page first: ~2.5x a fill of memory already mapped). Reuse is decided by CPython's
+        reference counts, so only where they count every holder: CPython with the GIL.
+        """
+        spares = self._spares
+        out = None
+        if _COUNTS_EVERY_REFERENCE:
+            for spare in spares:
+                # its references: the list's, `spare` and getrefcount's argument (a thread
+                # looking at it too adds one: then neither takes it)
+                if spare.shape == shape and sys.getrefcount(spare) == 3:
+                    out = spare
+                    break
+        if out is None:
+            out = np.empty(shape, np.uint8)
+        # a new list, not changed in place: another thread may be iterating the old one
+        self._spares = [s for s in spares if s is not out][-1:] + [out]
+        return out
+
     def render_batch(self, texts: Sequence[str | bytes]) -> np.ndarray:
         """Render texts -> np.uint8 [B, H, W, 3]: text colour over the background, blended
-        by coverage (equal to the colour table applied to `coverage(texts)`)."""
+        by coverage (equal to the colour table applied to `coverage(texts)`). The array is
+        the caller's; its memory may be that of an earlier output nothing refers to any more
+        (`_output`)."""
         h, w = self.config.shape
-        lay = self.layout(texts)
+        all_placed = self._placements(texts)
         table = self._colour_table()
-        out = np.empty((len(lay.placed), h, w, 3), np.uint8)
+        out = self._output((len(all_placed), h, w, 3))
         bg = table[0]
         grey = bg[0] == bg[1] == bg[2]
         # Each channel's colour is monotonic in coverage, so max-blending coverage and then
@@ -566,7 +659,7 @@ class TextRenderer:
                 out[...] = bg
             return out
         op = channels[0][1]
-        for canvas, placed in zip(out, lay.placed):
+        for canvas, placed in zip(out, all_placed):
             # each canvas filled just before its words go in: they land in cache-hot memory
             if grey:
                 canvas.fill(bg[0])  # a plain memset, many times faster than broadcasting a triple
@@ -576,42 +669,45 @@ class TextRenderer:
             # of the earlier bitmaps of this line (words are placed left to right per line)
             clear_top, clear_left, line_y, line_bottom = 0, 0, None, 0
             for word, x, baseline in placed:
-                if isinstance(word, CellRun):
-                    rgbs = [
-                        cell.rgb if cell.rgb is not None else _set_rgb(cell, table)
-                        for cell in word.cells
-                    ]
-                    top, left = baseline + word.y0, x
-                    if baseline != line_y:
-                        clear_top, clear_left, line_y = max(clear_top, line_bottom), 0, baseline
-                    bottom, right = top + rgbs[0].shape[0], left + int(word.advance)
-                    if bottom > line_bottom:
-                        line_bottom = bottom
-                    inside = top >= 0 and left >= 0 and bottom <= h and right <= w
-                    if whole and inside and top >= clear_top and left >= clear_left:
-                        # only background under the run: one copy of its cells side by side
-                        np.concatenate(rgbs, axis=1, out=canvas[top:bottom, left:right])
-                    else:
-                        for rgb in rgbs:
-                            for c, op_c in channels:
-                                _composite(canvas[..., c], rgb[..., c], left, top, op_c)
-                            left += rgb.shape[1]
-                    if right > clear_left:
-                        clear_left = right
-                    continue
-                rgb = word.rgb if word.rgb is not None else _set_rgb(word, table)
-                top, left = baseline + word.y0, x + word.x0
-                ah, aw = rgb.shape[:2]
+                d = word.draw
+                if d is None:
+                    if isinstance(word, CellRun):
+                        rgbs = [
+                            cell.rgb if cell.rgb is not None else _set_rgb(cell, table)
+                            for cell in word.cells
+                        ]
+                        top, left = baseline + word.y0, x
+                        if baseline != line_y:
+                            clear_top, clear_left, line_y = max(clear_top, line_bottom), 0, baseline
+                        bottom, right = top + rgbs[0].shape[0], left + int(word.advance)
+                        if bottom > line_bottom:
+                            line_bottom = bottom
+                        inside = top >= 0 and left >= 0 and bottom <= h and right <= w
+                        if whole and inside and top >= clear_top and left >= clear_left:
+                            # only background under the run: one copy of its cells side by side
+                            np.concatenate(rgbs, axis=1, out=canvas[top:bottom, left:right])
+                        else:
+                            for rgb in rgbs:
+                                for c, op_c in channels:
+                                    _composite(canvas[..., c], rgb[..., c], left, top, op_c)
+                                left += rgb.shape[1]
+                        if right > clear_left:
+                            clear_left = right
+                        continue
+                    d = _set_draw(word, table)
+                rgb, x0, y0, ah, aw = d
+                top, left = baseline + y0, x + x0
                 if baseline != line_y:
                     clear_top, clear_left, line_y = max(clear_top, line_bottom), 0, baseline
                 bottom, right = top + ah, left + aw
                 if bottom > line_bottom:
                     line_bottom = bottom
                 if whole and top >= 0 and left >= 0 and bottom <= h and right <= w:
-                    view = canvas[top:bottom, left:right]  # the common case, inline
-                    if top >= clear_top and left >= clear_left:
-                        view[...] = rgb  # only background under it: blending changes nothing
+                    if top >= clear_top and left >= clear_left:  # the common case, inline:
+                        # only background under it, where blending changes nothing
+                        canvas[top:bottom, left:right] = rgb
                     else:
+                        view = canvas[top:bottom, left:right]
                         op(view, rgb, out=view)
                     if right > clear_left:
                         clear_left = right
@@ -677,6 +773,13 @@ class TextRenderer:
 
 _advance = operator.attrgetter("advance")
 _missing = operator.attrgetter("missing")
+
+
+def _set_draw(word: Word, table: np.ndarray) -> tuple[np.ndarray, int, int, int, int]:
+    """`word.draw`, kept on it: (its `_set_rgb` bitmap, x0, y0, height, width)."""
+    rgb = word.rgb if word.rgb is not None else _set_rgb(word, table)
+    word.draw = (rgb, word.x0, word.y0, rgb.shape[0], rgb.shape[1])
+    return word.draw
 
 
 def _set_rgb(word: Word, table: np.ndarray) -> np.ndarray:
