@@ -277,6 +277,7 @@ TINY_TRAIN = [
     "model.image_size=32",
     "schedule.kind=constant",
     "schedule.warmup_steps=0",
+    "schedule.cooldown_steps=0",
     "data.num_workers=0",
     "checkpoint.every_steps=0",
     "logging.progress=false",

@@ -61,13 +61,12 @@ ROWS: tuple[str, ...] = ("clippo", "clippo-ink", "clip-star", "1t-clip")
 TOKEN_ROWS = frozenset({"clip-star", "1t-clip"})
 
 # Optimiser steps of the default run. Measured on this 2-core Xeon (one math thread, batch 128,
-# 96 px, width 128 x 4 blocks; CPU seconds of the training process per step, steps 4-13 of the
-# real trainer, under a load of ~5 from other jobs): clippo 1.00, clippo-ink 0.84, clip-star
-# 0.50, 1t-clip 0.42; each run's evaluation (600 retrieval pairs, 400 zero-shot images, VQA,
-# pairs) 27-33 s, start-up and tokenizer ~20 s. 2 seeds x 4 rows x 500 steps: 2 x 2.76 x 500
-# = 2,760 s + 8 x ~50 s = ~53 minutes, leaving room under 90 for a busier machine (the wall
-# time per step measured 1.3-3.5x the CPU time under that load).
-DEFAULT_STEPS = 500
+# 96 px, width 128 x 3 blocks, MLP 256; CPU seconds of the training process per step, steps 4-13
+# of the real trainer, under a load of ~6 from other jobs): clippo 0.69, clippo-ink 0.58,
+# clip-star 0.32, 1t-clip 0.28; each run's evaluation (600 retrieval pairs, 400 zero-shot images,
+# VQA, pairs) ~30-40 s, start-up and tokenizer ~20 s. 2 seeds x 4 rows x 600 steps: 2 x 1.87 x
+# 600 = 2,250 s + 8 x ~60 s = ~46 minutes, leaving room under 90 for a busier machine.
+DEFAULT_STEPS = 600
 # The token rows' [model] keys in the default run: the synthetic captions use ~60 words, so a
 # small vocabulary already holds every word whole, 32 tokens hold the longest caption (CLIPPO
 # reads 36 patches of 16 px at 96 px), and 10,000 texts show every word many times (drawing

@@ -131,6 +131,7 @@ TINY = [
     "loop.precision=fp32",
     "model.image_size=32",
     "schedule.warmup_steps=1",
+    "schedule.cooldown_steps=0",
     "data.num_workers=0",
     "checkpoint.every_steps=0",
     "logging.every_steps=1",

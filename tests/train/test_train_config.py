@@ -71,6 +71,7 @@ def test_set_overrides_are_typed():
             "data.image_text.0.options.split='heldout'",
             "logging.tensorboard=false",
             "schedule.warmup_steps=2",
+            "schedule.cooldown_steps=2",
         ],
     )
     assert cfg.loop.steps == 10 and cfg.optim.lr == 2e-4 and cfg.loop.precision == "fp32"
@@ -178,10 +179,10 @@ def test_apply_overrides_leaves_input_untouched():
 
 
 def test_cli_print_config_and_errors(capsys):
-    args = ["train", "demo", "--print-config", "--set", "loop.steps=70"]
+    args = ["train", "demo", "--print-config", "--set", "loop.steps=970"]
     assert main(args) == 0
-    assert json.loads(capsys.readouterr().out)["loop"]["steps"] == 70
-    assert main([*args[:-1], "loop.stepz=70"]) == 1  # one line, as every command's errors
+    assert json.loads(capsys.readouterr().out)["loop"]["steps"] == 970
+    assert main([*args[:-1], "loop.stepz=970"]) == 1  # one line, as every command's errors
     err = capsys.readouterr().err
     assert err.startswith("clippo train: error: --set loop.stepz: unknown key 'loop.stepz'"), err
     assert len(err.splitlines()) == 1
@@ -239,9 +240,9 @@ def test_presets_leave_the_logit_scale_unclamped_and_wandb_off():
 def test_token_dropping_options_reach_the_model_config(tmp_path):
     # `[model] ink_only_text / patch_dropout` in a run's TOML become the model's own options
     # (saved in its config.json); a bad value names the key
-    cfg = load_train_config("demo", ["model.ink_only_text=true", "model.patch_dropout=0.5"])
+    cfg = load_train_config("demo", ["model.ink_only_text=false", "model.patch_dropout=0.5"])
     model_cfg = cfg.model.model_config()
-    assert model_cfg.ink_only_text is True and model_cfg.patch_dropout == 0.5
-    assert load_train_config("demo").model.model_config().ink_only_text is False
+    assert model_cfg.ink_only_text is False and model_cfg.patch_dropout == 0.5
+    assert load_train_config("demo").model.model_config().ink_only_text is True  # the preset's
     with pytest.raises(ConfigError, match="patch_dropout"):
         load_train_config("demo", ["model.patch_dropout=1.5"]).model.model_config()
