@@ -132,6 +132,8 @@ def default_config() -> TrainConfig:
                 dataclasses.replace(s, options={**s.options, **world}) for s in d.text_pairs
             ),
         ),
+        # the demo reads inked patches only; here each row says (`row_config`), dense by default
+        model=dataclasses.replace(cfg.model, ink_only_text=False),
         loop=dataclasses.replace(cfg.loop, steps=DEFAULT_STEPS),
     )
 
