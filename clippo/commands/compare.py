@@ -321,6 +321,33 @@ def recall_at_1(metrics: Mapping[str, float]) -> float:
     return (metrics["img2txt/r@1"] + metrics["txt2img/r@1"]) / 2
 
 
+PLOT_MARKERS = ("o", "s", "^", "D")
+
+
+def spread_labels(
+    boxes: Sequence[tuple[float, float, float]],
+    height: float,
+    obstacles: Sequence[tuple[float, float, float]] = (),
+) -> list[float]:
+    """Vertical centres (display units) for labels spanning x0..x1 at centre y, each box given
+    as (x0, x1, y): a label moves up past every label placed before it (lowest first) and every
+    obstacle (x0, x1, y), such as a marker, whose span it overlaps and that lies closer than
+    `height`. Rows often coincide (CLIPPO and CLIPPO ink-only share a parameter count; CLIP*
+    and 1T-CLIP land on one point), and their names must stay readable."""
+    placed: list[tuple[float, float, float]] = list(obstacles)
+    ys = [b[2] for b in boxes]
+    for i in sorted(range(len(boxes)), key=lambda i: boxes[i][2]):
+        x0, x1, _ = boxes[i]
+        moved = True
+        while moved:  # each move can bring a new neighbour into reach
+            moved = False
+            for a0, a1, ay in placed:
+                if a0 < x1 and x0 < a1 and abs(ys[i] - ay) < height:
+                    ys[i], moved = ay + height, True
+        placed.append((x0, x1, ys[i]))
+    return ys
+
+
 def plot_compare(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """PNG: held-out R@1 (mean of both directions; error bars: std over seeds) against the
     text-encode time per text (left) and the parameter count (right), one point per row."""
@@ -331,22 +358,41 @@ def plot_compare(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
 
     fig = Figure(figsize=(11, 4.5), dpi=100)
     axes = fig.subplots(1, 2)
-    for row in rows:
+    points: list[list[tuple[float, float]]] = [[], []]
+    for i, row in enumerate(rows):
         per_seed = [recall_at_1(s) for s in row["seeds"]]
         y, dy = float(np.mean(per_seed)), float(np.std(per_seed))
         ms = [s["text_encode/ms_per_text"] for s in row["seeds"]]
         xs = ((float(np.mean(ms)), float(np.std(ms))), (row["params"] / 1e6, 0.0))
-        for ax, (x, dx) in zip(axes, xs):
-            ax.errorbar(x, y, yerr=dy, xerr=dx, fmt="o", capsize=4, label=row["architecture"])
-            ax.annotate(row["architecture"], (x, y), textcoords="offset points", xytext=(6, 6))
+        marker = PLOT_MARKERS[i % len(PLOT_MARKERS)]
+        for k, (ax, (x, dx)) in enumerate(zip(axes, xs)):
+            ax.errorbar(x, y, yerr=dy, xerr=dx, fmt=marker, capsize=4, label=row["architecture"])
+            points[k].append((x, y))
     for ax, xlabel in zip(axes, ("text encoding (ms per text)", "parameters (M)")):
         # from zero, so that the distances read as cost ratios
         ax.set(xlabel=xlabel, ylabel="held-out R@1 (mean of both directions)", ylim=(0, 1))
-        ax.set_xlim(left=0)
+        ax.set_xlim(left=0, right=ax.get_xlim()[1] * 1.2)  # room for the labels
         ax.grid(True, alpha=0.3)
     axes[0].legend(loc="best")
     fig.suptitle("quality against cost (error bars: std over seeds)")
     fig.tight_layout()
+    names = [row["architecture"] for row in rows]
+    for ax, data_points in zip(axes, points):
+        # labels are placed in display pixels, once the layout has fixed the axes' transforms
+        shown = [tuple(ax.transData.transform(p)) for p in data_points]
+        boxes = [(x + 8, x + 12 + 7.0 * len(n), y) for n, (x, y) in zip(names, shown)]
+        markers = [(x - 6, x + 6, y) for x, y in shown]
+        ys = spread_labels(boxes, height=15.0, obstacles=markers)
+        for name, (x, y), (lx, _, _), ly in zip(names, shown, boxes, ys):
+            ax.annotate(
+                name,
+                (x, y),
+                xycoords="figure pixels",
+                xytext=(lx - x, ly - y),
+                textcoords="offset pixels",
+                va="center",
+                arrowprops={"arrowstyle": "-", "lw": 0.5, "alpha": 0.5} if ly != y else None,
+            )
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return write_bytes_atomic(path, buf.getvalue())

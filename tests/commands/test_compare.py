@@ -253,3 +253,20 @@ def test_the_default_world_holds_at_least_500_heldout_pairs():
     # the demo's own world is unchanged: 100 held-out scenes
     demo_world = scene_config(preset("demo"))
     assert synthetic.distinct_scenes(demo_world, "heldout") == 100
+
+
+def test_labels_of_coinciding_rows_are_spread_and_lone_labels_stay():
+    """Two rows on one point (CLIP* and 1T-CLIP often are) get labels a full height apart,
+    clear of every marker they span; a label with nothing near keeps its point's height."""
+    boxes = [(10.0, 60.0, 100.0), (10.0, 70.0, 100.0), (10.0, 50.0, 104.0), (300.0, 350.0, 100.0)]
+    markers = [(-6.0, 6.0, 100.0), (200.0, 212.0, 100.0), (30.0, 42.0, 130.0)]
+    ys = compare.spread_labels(boxes, height=15.0, obstacles=markers)
+    assert ys[3] == 100.0
+    crowded = [(boxes[i][0], boxes[i][1], ys[i]) for i in range(3)]
+    for i, (a0, a1, ay) in enumerate(crowded):
+        assert ay >= boxes[i][2]  # labels only move up
+        for b0, b1, by in crowded[i + 1 :] + markers:
+            if a0 < b1 and b0 < a1:
+                assert abs(ay - by) >= 15.0, (i, ay, by)
+    # the naive placement (each label at its point's height) collides
+    assert abs(boxes[0][2] - boxes[2][2]) < 15.0
