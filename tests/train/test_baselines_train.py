@@ -432,3 +432,90 @@ def test_ddp_with_accumulation_trains_a_baseline(tmp_path, token_config, arch):
     assert len(losses(tmp_path / "run")) == 2 and all(np.isfinite(losses(tmp_path / "run")))
     model = clippo.load(checkpoint_dir(tmp_path / "run", 2))
     assert model.architecture == arch and model.tokenizer is not None
+
+
+# trains `argv[1]` (a JSON config) on (pixels, captions) batches of 8, each rank taking its
+# slice of every batch (a single process takes all of it)
+FSDP_SCRIPT = """
+import json, sys, torch
+from clippo.train import train
+from clippo.train.config import config_from_dict
+import clippo.train.distributed as cdist
+
+WORDS = ["a", "red", "blue", "green", "cube", "ball", "cone", "left", "right", "two", "big"]
+info = cdist.init_distributed(device="cpu")
+def data(start):
+    step = start
+    while True:
+        g = torch.Generator().manual_seed(1000 + step)
+        pixels = torch.rand(8, 3, 32, 32, generator=g) * 2 - 1
+        picks = torch.randint(len(WORDS), (8, 5), generator=g).tolist()
+        captions = [" ".join(WORDS[i] for i in row) for row in picks]
+        b = 8 // info.world_size
+        rows = slice(info.rank * b, (info.rank + 1) * b)
+        yield pixels[rows], captions[rows]
+        step += 1
+with open(sys.argv[1]) as f:
+    train(config_from_dict(json.load(f)), data=data)
+cdist.cleanup()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", TOKEN_ARCHS)
+def test_fsdp_with_accumulation_matches_a_single_process_for_a_baseline(
+    tmp_path, token_config, arch
+):
+    """Two CPU processes under FSDP (every transformer block sharded: the vit's, and CLIP*'s text
+    tower's), accumulation 2, train the baseline to the weights one process gets from the whole
+    batch; the sharded checkpoint resumes to the uninterrupted run's weights."""
+    tok = TextTokenizer.train(
+        ["a red cube on the left", "two big blue balls", "a green cone right"] * 3, 60, 12
+    )
+    model = token_section(arch, tokenizer=str(tok.save(tmp_path / "tok")))
+    (tmp_path / "train.py").write_text(FSDP_SCRIPT)
+
+    def run(name: str, nproc: int, accum: int, parallel: str, resume: str = "") -> Path:
+        loop = LoopConfig(
+            steps=4,
+            batch_size=8,
+            accum_steps=accum,
+            precision="fp32",
+            device="cpu",
+            parallel=parallel,
+        )
+        ckpt = CheckpointConfig(every_steps=2, resume=resume)
+        cfg = token_config(tmp_path / name, arch, model=model, loop=loop, checkpoint=ckpt)
+        (tmp_path / f"{name}.json").write_text(json.dumps(cfg.to_dict()))
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        done = subprocess.run(
+            [
+                *cmd,
+                f"--nproc_per_node={nproc}",
+                str(tmp_path / "train.py"),
+                str(tmp_path / f"{name}.json"),
+            ],
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return tmp_path / name
+
+    def outputs(run_dir: Path, step: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+        trained = clippo.load(checkpoint_dir(run_dir, step))
+        probe = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(7)) * 2 - 1
+        with torch.no_grad():
+            return trained.encode_images(probe), trained.encode_texts(["a red cube", "two cones"])
+
+    single = outputs(run("single", 1, 1, "auto"))
+    sharded = outputs(run("fsdp", 2, 2, "fsdp"))
+    halfway = outputs(tmp_path / "single", 2)
+    assert all((a - b).abs().max() > 1e-3 for a, b in zip(single, halfway))  # it trains
+    for got, want in zip(sharded, single):
+        torch.testing.assert_close(got, want, rtol=0, atol=2e-5)
+    resumed = run("resumed", 2, 2, "fsdp", resume=str(checkpoint_dir(tmp_path / "fsdp", 2)))
+    assert [s for s, _ in list_checkpoints(resumed)] == [4]
+    for got, want in zip(outputs(resumed), sharded):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
