@@ -192,19 +192,31 @@ def _torchrun(tmp_path: Path, name: str, nproc: int, extra_toml: str = "", **fie
     toml = tmp_path / f"{name}.toml"
     fields = {"loss": "softmax", "precision": "fp32", **fields}
     toml.write_text(_DIST_CONFIG.format(run_dir=run_dir, **fields) + extra_toml, encoding="utf-8")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    _launch(nproc, script, toml)
+    return run_dir
+
+
+Launch = Callable[..., None]
+
+
+def _launch(nproc: int, script: Path, *args: str | Path) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     done = subprocess.run(
-        [*cmd, str(script), str(toml)], env=env, capture_output=True, text=True, timeout=300
+        [*cmd, f"--nproc_per_node={nproc}", str(script), *map(str, args)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return run_dir
+
+
+@pytest.fixture(scope="session")
+def launch() -> Launch:
+    """`launch(nproc, script, *args)`: run `script args...` in `nproc` CPU processes under
+    torchrun (one math thread each); fails the test, with the end of stderr, on a non-zero
+    exit."""
+    return _launch
 
 
 @pytest.fixture(scope="session")

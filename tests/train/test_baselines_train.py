@@ -7,10 +7,7 @@ run (with the saved tokenizer, never retrained), the eval suites unchanged."""
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -405,7 +402,7 @@ cdist.cleanup()
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", TOKEN_ARCHS)
-def test_ddp_with_accumulation_trains_a_baseline(tmp_path, token_config, arch):
+def test_ddp_with_accumulation_trains_a_baseline(tmp_path, token_config, launch, arch):
     """Two CPU processes (gloo, DDP), accumulation 2, half of each batch text pairs: each rank's
     last micro-batch holds text pairs only, so the image path takes no part in that backward;
     the run trains anyway (DDP told to expect unused parameters) and saves its checkpoint."""
@@ -418,16 +415,7 @@ def test_ddp_with_accumulation_trains_a_baseline(tmp_path, token_config, arch):
     cfg = cfg.replace(data=DataConfig(**{**cfg.data.__dict__, "text_pair_fraction": 0.5}))
     (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
     (tmp_path / "ddp.py").write_text(DDP_SCRIPT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [*cmd, str(tmp_path / "ddp.py"), str(tmp_path / "cfg.json")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    launch(2, tmp_path / "ddp.py", tmp_path / "cfg.json")
     assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [2]
     assert len(losses(tmp_path / "run")) == 2 and all(np.isfinite(losses(tmp_path / "run")))
     model = clippo.load(checkpoint_dir(tmp_path / "run", 2))
@@ -464,7 +452,7 @@ cdist.cleanup()
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", TOKEN_ARCHS)
 def test_fsdp_with_accumulation_matches_a_single_process_for_a_baseline(
-    tmp_path, token_config, arch
+    tmp_path, token_config, launch, arch
 ):
     """Two CPU processes under FSDP (every transformer block sharded: the vit's, and CLIP*'s text
     tower's), accumulation 2, train the baseline to the weights one process gets from the whole
@@ -487,20 +475,7 @@ def test_fsdp_with_accumulation_matches_a_single_process_for_a_baseline(
         ckpt = CheckpointConfig(every_steps=2, resume=resume)
         cfg = token_config(tmp_path / name, arch, model=model, loop=loop, checkpoint=ckpt)
         (tmp_path / f"{name}.json").write_text(json.dumps(cfg.to_dict()))
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-        done = subprocess.run(
-            [
-                *cmd,
-                f"--nproc_per_node={nproc}",
-                str(tmp_path / "train.py"),
-                str(tmp_path / f"{name}.json"),
-            ],
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
+        launch(nproc, tmp_path / "train.py", tmp_path / f"{name}.json")
         return tmp_path / name
 
     def outputs(run_dir: Path, step: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
