@@ -305,13 +305,14 @@ def summarise(seeds: Sequence[Mapping[str, float]]) -> tuple[dict[str, float], d
     )
 
 
-def table_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The printed table: one line per row, the mean of each metric (params as an int)."""
+def table_rows(rows: Sequence[Mapping[str, Any]], stat: str = "mean") -> list[dict[str, Any]]:
+    """A printed table: one line per row, each metric's `stat` over the seeds ("mean" or
+    "std"; params as an int)."""
     out = []
     for row in rows:
         line: dict[str, Any] = {"architecture": row["architecture"], "seeds": len(row["seeds"])}
         for key, label in TABLE_COLUMNS:
-            line[label] = row["params"] if key == "params" else row["mean"].get(key)
+            line[label] = row["params"] if key == "params" else row[stat].get(key)
         out.append(line)
     return out
 
@@ -454,6 +455,9 @@ def run_compare(plan: ComparePlan, threads: int | None = 1) -> dict[str, Any]:
         "unseen (colour, shape) scenes; means over seeds:"
     )
     print(format_table(table))
+    if len(plan.seeds) > 1:
+        print("\nstandard deviations over the seeds:")
+        print(format_table(table_rows(rows, "std")))
     print(f"total {total:.0f} s; results in {plan.out / 'results.json'}, plot in {png}")
     return results
 

@@ -61,14 +61,24 @@ def run_cli(argv: list[str]) -> int:
     return int(args.func(args))
 
 
-def parse_table(printed: str) -> dict[str, dict[str, str]]:
-    """The Markdown table in `printed` -> {architecture: {column: cell}}."""
-    lines = [ln for ln in printed.splitlines() if ln.startswith("|")]
-    header = [c.strip() for c in lines[0].strip("|").split("|")]
-    out = {}
-    for ln in lines[2:]:
-        cells = dict(zip(header, (c.strip() for c in ln.strip("|").split("|"))))
-        out[cells["architecture"]] = cells
+def parse_tables(printed: str) -> list[dict[str, dict[str, str]]]:
+    """The Markdown tables in `printed`, in order -> [{architecture: {column: cell}}]."""
+    tables: list[list[str]] = []
+    previous = ""
+    for ln in printed.splitlines():
+        if ln.startswith("|"):
+            if not previous.startswith("|"):
+                tables.append([])
+            tables[-1].append(ln)
+        previous = ln
+    out = []
+    for lines in tables:
+        header = [c.strip() for c in lines[0].strip("|").split("|")]
+        table = {}
+        for ln in lines[2:]:
+            cells = dict(zip(header, (c.strip() for c in ln.strip("|").split("|"))))
+            table[cells["architecture"]] = cells
+        out.append(table)
     return out
 
 
@@ -104,15 +114,19 @@ def check_png(path: Path) -> None:
 
 
 def check_table(printed: str, results: dict[str, Any]) -> None:
-    """Every number of the printed table is results.json's mean (to the printed 3 decimals)."""
-    table = parse_table(printed)
-    assert list(table) == [r["architecture"] for r in results["rows"]]
-    for row in results["rows"]:
-        cells = table[row["architecture"]]
-        assert int(cells["params"]) == row["params"]
-        assert int(cells["seeds"]) == len(row["seeds"])
-        for key, label in compare.TABLE_COLUMNS[1:]:
-            assert cells[label] == f"{row['mean'][key]:.3f}", (key, cells[label])
+    """Every number of the printed tables is results.json's mean, and with several seeds the
+    second table's its standard deviation (to the printed 3 decimals)."""
+    tables = parse_tables(printed)
+    several = len(results["rows"][0]["seeds"]) > 1
+    assert len(tables) == (2 if several else 1)
+    for table, stat in zip(tables, ("mean", "std")):
+        assert list(table) == [r["architecture"] for r in results["rows"]]
+        for row in results["rows"]:
+            cells = table[row["architecture"]]
+            assert int(cells["params"]) == row["params"]
+            assert int(cells["seeds"]) == len(row["seeds"])
+            for key, label in compare.TABLE_COLUMNS[1:]:
+                assert cells[label] == f"{row[stat][key]:.3f}", (stat, key, cells[label])
 
 
 def checkpoint_params(path: str) -> int:
