@@ -343,7 +343,8 @@ def spread_labels(
         while moved:  # each move can bring a new neighbour into reach
             moved = False
             for a0, a1, ay in placed:
-                if a0 < x1 and x0 < a1 and abs(ys[i] - ay) < height:
+                # (not abs(ys - ay) < height: (ay + height) - ay can round below height)
+                if a0 < x1 and x0 < a1 and ay - height < ys[i] < ay + height:
                     ys[i], moved = ay + height, True
         placed.append((x0, x1, ys[i]))
     return ys

@@ -282,5 +282,9 @@ def test_labels_of_coinciding_rows_are_spread_and_lone_labels_stay():
         for b0, b1, by in crowded[i + 1 :] + markers:
             if a0 < b1 and b0 < a1:
                 assert abs(ay - by) >= 15.0, (i, ay, by)
+    # (y + 15) - y < 15 in floats for this y: the second label is placed, once, at y + 15
+    y = 121.955438443566
+    assert (y + 15.0) - y < 15.0
+    assert compare.spread_labels([(0, 1, y), (0, 1, y)], height=15.0) == [y, y + 15.0]
     # the naive placement (each label at its point's height) collides
     assert abs(boxes[0][2] - boxes[2][2]) < 15.0
