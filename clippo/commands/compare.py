@@ -387,7 +387,7 @@ def plot_compare(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
         boxes = [(x - h, x + h, y + 14) for h, (x, y) in zip(half, shown)]
         markers = [(x - 6, x + 6, y) for x, y in shown]
         ys = spread_labels(boxes, height=15.0, obstacles=markers)
-        for name, (x, y), ly in zip(names, shown, ys):
+        for name, (x, y), (_, _, first), ly in zip(names, shown, boxes, ys):
             ax.annotate(
                 name,
                 (x, y),
@@ -396,7 +396,8 @@ def plot_compare(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
                 textcoords="offset pixels",
                 ha="center",
                 va="center",
-                arrowprops={"arrowstyle": "-", "lw": 0.5, "alpha": 0.5} if ly > y + 14 else None,
+                # a label moved away from its point is tied to it by a thin line
+                arrowprops={"arrowstyle": "-", "lw": 0.5, "alpha": 0.5} if ly != first else None,
             )
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
